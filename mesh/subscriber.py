@@ -1,0 +1,385 @@
+"""Subscriptions: JetStream push consumers, one per priority stream, feeding priority lanes.
+
+A subscription over several priorities opens one consumer on each matching stream. Their
+messages land in `PriorityLanes`, so a critical event that arrives while thousands of
+background events wait is the next one handed out. Each consumer keeps at most
+`max_ack_pending` events unacknowledged: that bounds memory and is the back-pressure that
+leaves the backlog on the server, where a critical event can still overtake it.
+
+Content filters and upcasters run on receipt; an event that does not match is acked at
+once (it is not for this subscriber) and never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from opentelemetry import trace
+
+from mesh import events as ev
+from mesh import filters as flt
+from mesh import jsapi, subjects, tracing
+from mesh.catalog import Catalog, Priority
+from mesh.errors import MalformedEvent, MeshError
+from mesh.events import Event
+from mesh.priority import PriorityLanes
+from mesh.transforms import Projection, Transforms
+
+if TYPE_CHECKING:
+    from mesh.client import Mesh
+
+log = logging.getLogger("mesh.subscriber")
+NS = 1_000_000_000
+
+
+class Interest(msgspec.Struct, frozen=True, kw_only=True):
+    """A subject filter by fields; unset fields match anything."""
+
+    priority: Priority | None = None
+    domain: str | None = None
+    event_type: str | None = None
+    symbol: str | None = None
+    account: str | None = None
+
+    def pattern(self, partition: int | None = None) -> str:
+        return subjects.pattern(
+            priority=self.priority,
+            domain=self.domain,
+            event_type=self.event_type,
+            symbol=self.symbol,
+            account=self.account,
+            partition=partition,
+        )
+
+
+class Start(msgspec.Struct, frozen=True):
+    """Where a new consumer begins. Sequences are per stream."""
+
+    policy: Literal["new", "all", "seq", "time", "last_per_subject"] = "new"
+    seq: int = 0
+    time: datetime | None = None
+
+    @classmethod
+    def new(cls) -> Start:
+        return cls("new")
+
+    @classmethod
+    def all(cls) -> Start:
+        return cls("all")
+
+    @classmethod
+    def at_seq(cls, seq: int) -> Start:
+        return cls("seq", seq=seq)
+
+    @classmethod
+    def at_time(cls, when: datetime) -> Start:
+        return cls("time", time=when)
+
+    def consumer_fields(self) -> dict[str, Any]:
+        if self.policy == "seq":
+            return {"deliver_policy": "by_start_sequence", "opt_start_seq": max(self.seq, 1)}
+        if self.policy == "time":
+            assert self.time is not None
+            t = self.time if self.time.tzinfo else self.time.replace(tzinfo=UTC)
+            return {"deliver_policy": "by_start_time", "opt_start_time": t.isoformat()}
+        return {"deliver_policy": self.policy}
+
+
+@dataclass
+class SubscriptionOptions:
+    durable: str | None = None
+    start: Start = field(default_factory=Start.new)
+    where: flt.Filter | str | None = None
+    ack: Literal["explicit", "none"] = "explicit"
+    max_ack_pending: int = 1024
+    ack_wait: float = 30.0
+    burst: int = 64
+    partition: int | None = None
+    transforms: Transforms | None = None
+    project: list[str] | None = None
+
+
+class Delivery:
+    """One event handed to the caller, with what it needs to acknowledge it."""
+
+    __slots__ = ("_msg", "_span", "event", "headers", "priority", "seq", "stream", "subject")
+
+    def __init__(self, msg: Msg, event: Event, priority: Priority, stream: str, seq: int) -> None:
+        self._msg = msg
+        self._span: trace.Span | None = None
+        self.event = event
+        self.subject = msg.subject
+        self.headers: Mapping[str, str] = msg.headers or {}
+        self.priority = priority
+        self.stream = stream
+        self.seq = seq
+
+    @property
+    def num_delivered(self) -> int:
+        return int(self._msg.metadata.num_delivered)
+
+    async def ack(self) -> None:
+        """Fire-and-forget ack (batched with other outgoing traffic)."""
+        self._end_span()
+        if self._msg.reply:
+            await self._msg._client.publish(self._msg.reply, b"+ACK")
+
+    async def ack_sync(self, timeout: float = 5.0) -> None:
+        """Ack and wait until the server confirmed it: for work that must not repeat."""
+        self._end_span()
+        if self._msg.reply:
+            await self._msg._client.request(self._msg.reply, b"+ACK", timeout)
+
+    async def nak(self, delay: float = 0.0) -> None:
+        self._end_span()
+        body = b"-NAK" if delay <= 0 else b'-NAK {"delay": %d}' % int(delay * NS)
+        if self._msg.reply:
+            await self._msg._client.publish(self._msg.reply, body)
+
+    async def term(self) -> None:
+        self._end_span()
+        if self._msg.reply:
+            await self._msg._client.publish(self._msg.reply, b"+TERM")
+
+    def _end_span(self) -> None:
+        if self._span is not None:
+            self._span.end()
+            self._span = None
+
+
+def normalize_filter(f: str | Interest, partition: int | None, catalog: Catalog) -> str:
+    """Subject filters always address the 7-token stored subject."""
+    if isinstance(f, Interest):
+        if f.event_type is not None:
+            # The catalog knows where a type lives: one stream instead of four.
+            spec = catalog.spec(f.event_type)
+            f = msgspec.structs.replace(f, priority=spec.priority, domain=spec.domain)
+        return f.pattern(partition)
+    tokens = f.split(".")
+    if not f or any(not t or t.strip() != t or " " in t for t in tokens):
+        raise MeshError(f"invalid subject filter {f!r}: dot-separated tokens, no spaces")
+    if tokens[-1] != ">" and len(tokens) == 6:
+        tokens.append("*" if partition is None else str(partition))
+    elif partition is not None:
+        raise MeshError("partition= needs Interest(...) or a 6-token subject filter")
+    return ".".join(tokens)
+
+
+@dataclass
+class SubscriptionStats:
+    delivered: int = 0
+    filtered_out: int = 0
+    malformed: int = 0
+
+
+class Subscription:
+    def __init__(
+        self, mesh: Mesh, filters: list[str | Interest], opts: SubscriptionOptions
+    ) -> None:
+        self._mesh = mesh
+        self.opts = opts
+        self.filters = [normalize_filter(f, opts.partition, mesh.catalog) for f in filters]
+        where = flt.parse(opts.where) if isinstance(opts.where, str) else opts.where
+        self._match: Callable[[Event, Mapping[str, str] | None], bool] | None = (
+            flt.compile(where) if where is not None else None
+        )
+        self._project = Projection(opts.project) if opts.project else None
+        self._lanes: PriorityLanes[Delivery] = PriorityLanes(opts.burst)
+        self._subs: list[NatsSubscription] = []
+        self._consumers: list[tuple[str, str, bool]] = []  # stream, consumer, durable
+        self._closers: list[Callable[[Subscription], None]] = []
+        self._closed = False
+        self.stats = SubscriptionStats()
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _by_stream(self) -> dict[Priority, list[str]]:
+        out: dict[Priority, list[str]] = {}
+        for f in self.filters:
+            for p in subjects.priorities_of(f):
+                out.setdefault(p, []).append(f)
+        if not out:
+            raise MeshError(f"no priority stream matches {self.filters}: filters start with tm.")
+        return out
+
+    async def start(self) -> Self:
+        nc = self._mesh.nc
+        for priority, filters in self._by_stream().items():
+            stream = priority.stream
+            name = f"{self.opts.durable}-{priority.value}" if self.opts.durable else None
+            deliver = await self._ensure_consumer(stream, name, filters)
+            sub = await nc.subscribe(
+                deliver,
+                cb=self._handler(priority, stream),
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
+            self._subs.append(sub)
+        return self
+
+    async def _ensure_consumer(self, stream: str, name: str | None, filters: list[str]) -> str:
+        nc = self._mesh.nc
+        config: dict[str, Any] = {
+            "ack_policy": self.opts.ack,
+            "ack_wait": int(self.opts.ack_wait * NS),
+            "max_deliver": -1,
+            "replay_policy": "instant",
+            "flow_control": True,
+            "idle_heartbeat": 5 * NS,
+            **(
+                {"filter_subject": filters[0]}
+                if len(filters) == 1
+                else {"filter_subjects": filters}
+            ),
+        }
+        if self.opts.ack == "explicit":
+            config["max_ack_pending"] = self.opts.max_ack_pending
+        if name is None:
+            deliver = nc.new_inbox()
+            # A subscriber that dies without closing leaves nothing behind for long.
+            config |= {
+                "deliver_subject": deliver,
+                "inactive_threshold": 30 * NS,
+                "mem_storage": True,
+                **self.opts.start.consumer_fields(),
+            }
+            resp = await jsapi.call(
+                nc, f"$JS.API.CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
+            )
+            self._consumers.append((stream, resp["name"], False))
+            return deliver
+        # Durable: a fixed deliver subject, so a restarted process binds to the same
+        # consumer and resumes after the last acked event (the start option only counts
+        # the first time).
+        deliver = f"_INBOX.tm-durable.{name}"
+        config |= {"deliver_subject": deliver, "durable_name": name}
+        try:
+            info = await jsapi.call(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}")
+            existing = info["config"]
+            config |= {
+                k: existing[k]
+                for k in ("deliver_policy", "opt_start_seq", "opt_start_time")
+                if k in existing
+            }
+            action = "update"
+        except jsapi.JetStreamApiError as e:
+            if e.err_code != jsapi.CONSUMER_NOT_FOUND:
+                raise
+            config |= self.opts.start.consumer_fields()
+            action = "create"
+        await jsapi.call(
+            nc,
+            f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+            {"stream_name": stream, "config": config, "action": action},
+        )
+        self._consumers.append((stream, name, True))
+        return deliver
+
+    def _handler(self, priority: Priority, stream: str) -> Callable[[Msg], Any]:
+        nc = self._mesh.nc
+        lanes = self._lanes
+        match = self._match
+        transforms = self.opts.transforms
+        project = self._project
+        stats = self.stats
+
+        async def on_msg(msg: Msg) -> None:
+            if not msg.data:
+                hdr = msg.headers or {}
+                if hdr.get("Status") == "100" and msg.reply:  # flow control request
+                    await nc.publish(msg.reply, b"")
+                return
+            try:
+                event = ev.decode(msg.data)
+                if transforms:
+                    event = transforms.upcast(event)
+            except MalformedEvent as e:
+                stats.malformed += 1
+                log.error("dropping malformed message on %s: %s", msg.subject, e)
+                if msg.reply:
+                    await nc.publish(msg.reply, b"+TERM")
+                return
+            if match is not None and not match(event, msg.headers):
+                stats.filtered_out += 1
+                if msg.reply:
+                    await nc.publish(msg.reply, b"+ACK")
+                return
+            if project is not None:
+                event = project.apply(event)
+            seq = int(msg.metadata.sequence.stream) if msg.reply else 0
+            lanes.put(priority, Delivery(msg, event, priority, stream, seq))
+
+        return on_msg
+
+    # -- consuming ---------------------------------------------------------------------
+
+    async def next(self, timeout: float | None = None) -> Delivery:
+        d = await asyncio.wait_for(self._lanes.get(), timeout)
+        self.stats.delivered += 1
+        if tracing.enabled():
+            span_cm = tracing.consume_span(
+                d.event.event_type, d.subject, d.event.event_id, d.headers
+            )
+            span = span_cm.__enter__()
+            # The span stays open until the caller acks: it measures the processing.
+            d._span = span
+        return d
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self.next()
+
+    def pending(self, priority: Priority) -> int:
+        """Events received and waiting in this process for `priority`."""
+        return self._lanes.depth(priority)
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def on_close(self, fn: Callable[[Subscription], None]) -> None:
+        self._closers.append(fn)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as e:  # the connection may already be gone
+                log.debug("unsubscribe: %r", e)
+        for stream, name, durable in self._consumers:
+            if not durable and self._mesh.nc.is_connected:
+                try:
+                    await jsapi.call(self._mesh.nc, f"$JS.API.CONSUMER.DELETE.{stream}.{name}")
+                except jsapi.JetStreamApiError as e:
+                    log.debug("delete consumer %s: %s", name, e)
+        for fn in self._closers:
+            fn(self)
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def utc(ts_ns: int) -> datetime:
+    return datetime.fromtimestamp(ts_ns / NS, UTC)
