@@ -74,6 +74,7 @@ class Mesh:
         self._window = window
         self._connect_timeout = connect_timeout
         self._connect_error: Exception | None = None
+        self._closing = False
         self.nc: Client = Client()
         self._publisher: Publisher | None = None
         self._subscriptions: set[Subscription] = set()
@@ -133,6 +134,7 @@ class Mesh:
         return self
 
     async def close(self) -> None:
+        self._closing = True
         for sub in list(self._subscriptions):
             await sub.close()
         if self._publisher:
@@ -160,6 +162,8 @@ class Mesh:
         log.warning("nats: %r", err)
 
     async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
         log.warning("disconnected from NATS; publishes wait and retry")
 
     async def _on_reconnected(self) -> None:
@@ -180,14 +184,13 @@ class Mesh:
 
         Fills in `priority` (from the catalog) and `source` (this service) when unset.
         """
-        spec = self.catalog.spec(event.event_type)
-        if event.priority is None:
-            event.priority = spec.priority
-        elif event.priority != spec.priority:
-            raise WrongPriority(event.event_type, str(event.priority), spec.priority.value)
-        subject = subjects.event_subject(
+        subject, priority = subjects.route(
             self.catalog, event.event_type, event.symbol, event.account
         )
+        if event.priority is None:
+            event.priority = priority
+        elif event.priority is not priority and event.priority != priority:
+            raise WrongPriority(event.event_type, str(event.priority), priority.value)
         if not event.source:
             event.source = self.service
         payload = ev.encode(event)
@@ -201,7 +204,7 @@ class Mesh:
             event, carrier.get("traceparent", ""), carrier.get("tracestate", "")
         )
         size = len(headers) + len(payload)
-        limit = self.nc.max_payload
+        limit = self.nc._max_payload  # the server's, from its INFO on (re)connect
         if size > limit:
             if span is not None:
                 span.end()

@@ -10,6 +10,11 @@ done only when its PubAck names a stream sequence. Until then it stays in `_infl
 * the connection comes back after a drop -> everything in flight is sent again at once;
 * `deadline` passes -> the caller gets PublishTimeout (the event may or may not be stored;
   publishing it again is safe).
+
+Per event this costs one frame write and one small ack decode: acks are taken straight
+from the protocol parser (wire.route_acks) and a whole `publish_many` call shares one
+future. (JetStream atomic batches, one ack per batch, were measured and rejected: see
+docs/decisions.md.)
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ import itertools
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from mesh import wire
 from mesh.errors import PublishError, PublishNotPermitted, PublishTimeout, StreamRejected
@@ -44,18 +48,60 @@ class PubAck(msgspec.Struct):
 
 _decode_ack = msgspec.json.Decoder(PubAck).decode
 _PERMISSION = re.compile(r'[Pp]ermissions [Vv]iolation for [Pp]ublish to "?([^"\s]+)"?')
+_NO_RESPONDERS = b"NATS/1.0 503"
 
 
-@dataclass(slots=True)
+class _Batch:
+    """The events of one publish_many call: one future, settled when all are settled."""
+
+    __slots__ = ("acks", "error", "future", "remaining")
+
+    def __init__(self, n: int, future: asyncio.Future[list[PubAck]]) -> None:
+        self.acks: list[PubAck | None] = [None] * n
+        self.remaining = n
+        self.error: Exception | None = None
+        self.future = future
+
+    def settle(self, index: int, result: PubAck | Exception) -> None:
+        if isinstance(result, Exception):
+            self.error = self.error or result
+        else:
+            self.acks[index] = result
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            if self.error is not None:
+                self.future.set_exception(self.error)
+            else:
+                self.future.set_result(self.acks)  # type: ignore[arg-type]  # all set
+
+
+Item = tuple[str, bytes, bytes]  # subject, header block, payload
+
+
 class _Inflight:
-    subject: str
-    frame: bytes
-    future: asyncio.Future[PubAck]
-    sent_at: float
-    started: float
-    attempts: int = 1
-    # Why the last attempt failed, if the server said so (reported at the deadline).
-    last_error: Exception | None = None
+    """One event's frame awaiting its PubAck; `index` is its place in the caller's batch."""
+
+    __slots__ = (
+        "attempts",
+        "batch",
+        "frame",
+        "index",
+        "last_error",
+        "sent_at",
+        "started",
+        "subject",
+    )
+
+    def __init__(self, subject: str, frame: bytes, batch: _Batch, index: int, now: float) -> None:
+        self.subject = subject
+        self.frame = frame
+        self.batch = batch
+        self.index = index
+        self.sent_at = now
+        self.started = now
+        self.attempts = 1
+        # Why the last attempt failed, if the server said so (reported at the deadline).
+        self.last_error: Exception | None = None
 
 
 @dataclass
@@ -64,7 +110,6 @@ class PublisherStats:
     resent: int = 0
     duplicates: int = 0
     failed: int = 0
-    by_stream: dict[str, int] = field(default_factory=dict)
 
 
 class Publisher:
@@ -82,70 +127,64 @@ class Publisher:
         self.ack_timeout = ack_timeout
         self.deadline = deadline
         self.window = window
-        self._inflight: dict[str, _Inflight] = {}
+        self._inflight: dict[bytes, _Inflight] = {}
         self._tokens = itertools.count(1)
         self._prefix = ""
-        self._slots = asyncio.Semaphore(window)
+        self._room = asyncio.Event()
         self._retry_task: asyncio.Task[None] | None = None
         self.stats = PublisherStats()
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
-        await self._nc.subscribe(
-            f"{self._prefix}.*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
+        self._skip = len(self._prefix) + 1
+        await wire.route_acks(self._nc, f"{self._prefix}.*", self._on_ack)
         self._retry_task = asyncio.create_task(self._retry_loop(), name="mesh-publish-retry")
 
     async def close(self) -> None:
         if self._retry_task:
             self._retry_task.cancel()
-        for p in self._inflight.values():
-            if not p.future.done():
-                p.future.set_exception(PublishError("publisher closed before the ack arrived"))
-        self._inflight.clear()
+        for token in list(self._inflight):
+            self._settle(token, PublishError("publisher closed before the ack arrived"))
 
     # -- sending -----------------------------------------------------------------------
 
-    async def publish(self, subject: str, headers: bytes, payload: bytes) -> PubAck:
-        (ack,) = await self.publish_many([(subject, headers, payload)])
-        return ack
-
     async def publish_many(self, items: Sequence[tuple[str, bytes, bytes]]) -> list[PubAck]:
-        """Send all, keeping up to `window` acks in flight; one flush per burst."""
-        futures: list[asyncio.Future[PubAck]] = []
+        """Send (subject, header block, payload) items, keeping up to `window` acks in
+        flight; one flush per burst. Returns the acks in the order of `items`."""
+        if not items:
+            return []
         loop = asyncio.get_running_loop()
+        batch = _Batch(len(items), loop.create_future())
+        nc, inflight, prefix = self._nc, self._inflight, self._prefix
         now = time.monotonic()
-        unflushed = 0
-        for subject, headers, payload in items:
-            if self._slots.locked():
-                await wire.flush(self._nc)
-                unflushed = 0
-            await self._slots.acquire()
-            token = str(next(self._tokens))
-            fut: asyncio.Future[PubAck] = loop.create_future()
-            fut.add_done_callback(self._release)
-            frame = wire.hpub(subject, f"{self._prefix}.{token}", headers, payload)
-            self._inflight[token] = _Inflight(subject, frame, fut, now, now)
-            await wire.write(self._nc, frame)
-            futures.append(fut)
-            unflushed += 1
-        if unflushed:
-            await wire.flush(self._nc)
-        return list(await asyncio.gather(*futures))
-
-    def _release(self, _: asyncio.Future[PubAck]) -> None:
-        self._slots.release()
+        frames: list[bytes] = []
+        for index, (subject, headers, payload) in enumerate(items):
+            if len(inflight) >= self.window:
+                await wire.write(nc, b"".join(frames))
+                frames.clear()
+                await wire.flush(nc)
+                while len(inflight) >= self.window:
+                    self._room.clear()
+                    await self._room.wait()
+                now = time.monotonic()
+            token = b"%d" % next(self._tokens)
+            frame = wire.hpub(subject, f"{prefix}.{token.decode()}", headers, payload)
+            inflight[token] = _Inflight(subject, frame, batch, index, now)
+            frames.append(frame)
+        # One write for the whole burst: the frames are contiguous in nats-py's buffer.
+        await wire.write(nc, b"".join(frames))
+        await wire.flush(nc)
+        return await batch.future
 
     # -- acks --------------------------------------------------------------------------
 
-    async def _on_ack(self, msg: Msg) -> None:
-        token = msg.subject[len(self._prefix) + 1 :]
+    def _on_ack(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        token = subject[self._skip :]
         p = self._inflight.get(token)
         if p is None:  # a late ack for a retried, already settled event
             return
-        if not msg.data:
-            status = (msg.headers or {}).get("Status", "")
-            if status == "503":
+        if not data:
+            if headers is not None and headers.startswith(_NO_RESPONDERS):
                 # No responders: no stream for the subject, or (in a cluster) the stream has
                 # no leader for a moment. Retried like a lost ack until the deadline.
                 p.last_error = StreamRejected(
@@ -153,31 +192,30 @@ class Publisher:
                     503,
                     "no stream answered (stream missing: run `mesh provision`; or no leader)",
                 )
-            return  # other empty replies (e.g. flow control) are not acks
+            return
         try:
-            ack = _decode_ack(msg.data)
+            ack = _decode_ack(data)
         except msgspec.DecodeError as e:
             self._settle(token, PublishError(f"unreadable PubAck for {p.subject!r}: {e}"))
             return
         if ack.error is not None:
-            self._settle(
-                token, StreamRejected(p.subject, ack.error.err_code, ack.error.description)
-            )
+            err = ack.error
+            self._settle(token, StreamRejected(p.subject, err.err_code, err.description))
             return
         self.stats.published += 1
         if ack.duplicate:
             self.stats.duplicates += 1
         self._settle(token, ack)
 
-    def _settle(self, token: str, result: PubAck | Exception) -> None:
+    def _settle(self, token: bytes, result: PubAck | Exception) -> None:
         p = self._inflight.pop(token, None)
-        if p is None or p.future.done():
+        if p is None:
             return
         if isinstance(result, Exception):
             self.stats.failed += 1
-            p.future.set_exception(result)
-        else:
-            p.future.set_result(result)
+        p.batch.settle(p.index, result)
+        if len(self._inflight) < self.window:
+            self._room.set()
 
     def on_server_error(self, err: Exception) -> bool:
         """Fail the publishes a permissions violation names. True if it was one."""
@@ -225,4 +263,5 @@ class Publisher:
 
     @property
     def inflight(self) -> int:
+        """Events sent and not yet acknowledged."""
         return len(self._inflight)

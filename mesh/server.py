@@ -87,7 +87,8 @@ class NatsServer:
             # nats-server resolves includes relative to the including file only.
             f'include "{os.path.relpath(self.config_dir / "server.conf", self.store_dir)}"',
             "jetstream {",
-            f'  store_dir: "{self.store_dir / "jetstream"}"',
+            # nats-server adds its own "jetstream" folder below this.
+            f'  store_dir: "{self.store_dir}"',
             "  max_memory_store: 1GB",
             "}",
         ]

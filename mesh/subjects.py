@@ -10,6 +10,7 @@ subjects have seven tokens: tm.high.market.PRICE_UPDATE.AAPL._.3
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -63,6 +64,15 @@ class SubjectParts(NamedTuple):
     symbol: str | None
     account: str | None
     partition: int | None
+
+
+@functools.lru_cache(maxsize=65536)
+def route(
+    catalog: Catalog, event_type: str, symbol: str | None, account: str | None
+) -> tuple[str, Priority]:
+    """Subject and priority of an event. Cached: symbols and accounts repeat, and this runs
+    once per published event (refusals raise and are not cached)."""
+    return event_subject(catalog, event_type, symbol, account), catalog.spec(event_type).priority
 
 
 def event_subject(

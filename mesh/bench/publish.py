@@ -48,14 +48,25 @@ def _event(i: int, event_type: str) -> Event:
     )
 
 
-async def throughput(url: str, seconds: float) -> tuple[int, float]:
+async def throughput(
+    url: str, seconds: float, chunk: int = 2048, lanes: int = 4
+) -> tuple[int, float]:
+    """`lanes` publish_many calls in flight at once, so the pipeline never drains while
+    one call waits for its last acks."""
     async with Mesh.connect(url, service="bench") as mesh:
-        n, chunk = 0, 4096
+        counter = iter(range(1 << 62))
         start = time.perf_counter()
         deadline = start + seconds
-        while time.perf_counter() < deadline:
-            await mesh.publish_many([_event(n + k, "PRICE_UPDATE") for k in range(chunk)])
-            n += chunk
+
+        async def lane() -> int:
+            sent = 0
+            while time.perf_counter() < deadline:
+                base = next(counter) * chunk
+                await mesh.publish_many([_event(base + k, "PRICE_UPDATE") for k in range(chunk)])
+                sent += chunk
+            return sent
+
+        n = sum(await asyncio.gather(*(lane() for _ in range(lanes))))
         return n, time.perf_counter() - start
 
 
