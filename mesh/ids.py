@@ -44,12 +44,12 @@ def uuid7() -> str:
                 _last_ms += 1
                 _counter = 0
         if _text_ms != _last_ms:
-            t = "%012x" % _last_ms
+            t = f"{_last_ms:012x}"
             _ms_text = f"{t[:8]}-{t[8:]}"
             _text_ms = _last_ms
         counter = _counter
         rand_b = _rng.getrandbits(62) | (0b10 << 62)
-    return "%s-7%03x-%04x-%012x" % (_ms_text, counter, rand_b >> 48, rand_b & 0xFFFFFFFFFFFF)
+    return f"{_ms_text}-7{counter:03x}-{rand_b >> 48:04x}-{rand_b & 0xFFFFFFFFFFFF:012x}"
 
 
 def uuid7_time_ns(event_id: str) -> int:

@@ -12,7 +12,7 @@ done only when its PubAck names a stream sequence. Until then it stays in `_infl
   publishing it again is safe).
 
 Per event this costs one frame write and one small ack decode: acks are taken straight
-from the protocol parser (wire.route_acks) and a whole `publish_many` call shares one
+from the protocol parser (wire.route) and a whole `publish_many` call shares one
 future. (JetStream atomic batches, one ack per batch, were measured and rejected: see
 docs/decisions.md.)
 """
@@ -137,7 +137,8 @@ class Publisher:
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
         self._skip = len(self._prefix) + 1
-        await wire.route_acks(self._nc, f"{self._prefix}.*", self._on_ack)
+        self._route = await wire.route(self._nc, f"{self._prefix}.*")
+        self._route.set_handler(self._on_ack)
         self._retry_task = asyncio.create_task(self._retry_loop(), name="mesh-publish-retry")
 
     async def close(self) -> None:
@@ -178,7 +179,7 @@ class Publisher:
 
     # -- acks --------------------------------------------------------------------------
 
-    def _on_ack(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         token = subject[self._skip :]
         p = self._inflight.get(token)
         if p is None:  # a late ack for a retried, already settled event

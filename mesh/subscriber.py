@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import msgspec
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
+from nats.aio.client import Client
 from opentelemetry import trace
 
 from mesh import events as ev
 from mesh import filters as flt
-from mesh import jsapi, subjects, tracing
+from mesh import jsapi, subjects, tracing, wire
 from mesh.catalog import Catalog, Priority
 from mesh.errors import MalformedEvent, MeshError
 from mesh.events import Event
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.subscriber")
 NS = 1_000_000_000
+_FLOW_CONTROL = b"NATS/1.0 100 FlowControl"
 
 
 class Interest(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,49 +111,114 @@ class SubscriptionOptions:
 class Delivery:
     """One event handed to the caller, with what it needs to acknowledge it."""
 
-    __slots__ = ("_msg", "_span", "event", "headers", "priority", "seq", "stream", "subject")
+    __slots__ = (
+        "_headers",
+        "_nc",
+        "_raw_headers",
+        "_reply",
+        "_span",
+        "event",
+        "priority",
+        "seq",
+        "stream",
+        "subject",
+    )
 
-    def __init__(self, msg: Msg, event: Event, priority: Priority, stream: str, seq: int) -> None:
-        self._msg = msg
+    def __init__(
+        self,
+        nc: Client,
+        subject: str,
+        reply: bytes,
+        raw_headers: bytes | None,
+        event: Event,
+        priority: Priority,
+        stream: str,
+        seq: int,
+    ) -> None:
+        self._nc = nc
+        self._reply = reply
+        self._raw_headers = raw_headers
+        self._headers: dict[str, str] | None = None
         self._span: trace.Span | None = None
         self.event = event
-        self.subject = msg.subject
-        self.headers: Mapping[str, str] = msg.headers or {}
+        self.subject = subject
         self.priority = priority
         self.stream = stream
         self.seq = seq
 
     @property
+    def headers(self) -> Mapping[str, str]:
+        """NATS headers (Nats-Msg-Id, Tm-Correlation-Id, traceparent, ...), parsed on use."""
+        if self._headers is None:
+            self._headers = wire.parse_headers(self._raw_headers)
+        return self._headers
+
+    @property
     def num_delivered(self) -> int:
-        return int(self._msg.metadata.num_delivered)
+        """1 on first delivery; more when the server redelivers (no ack in time)."""
+        return ack_info(self._reply)[1]
+
+    async def _reply_with(self, body: bytes) -> None:
+        self._end_span()
+        if self._reply:
+            await wire.send(self._nc, b"PUB %s %d\r\n%s\r\n" % (self._reply, len(body), body))
 
     async def ack(self) -> None:
-        """Fire-and-forget ack (batched with other outgoing traffic)."""
-        self._end_span()
-        if self._msg.reply:
-            await self._msg._client.publish(self._msg.reply, b"+ACK")
+        """Acknowledge (sent with the next flush, batched with other outgoing traffic)."""
+        await self._reply_with(b"+ACK")
 
     async def ack_sync(self, timeout: float = 5.0) -> None:
         """Ack and wait until the server confirmed it: for work that must not repeat."""
         self._end_span()
-        if self._msg.reply:
-            await self._msg._client.request(self._msg.reply, b"+ACK", timeout)
+        if self._reply:
+            await self._nc.request(self._reply.decode(), b"+ACK", timeout)
 
     async def nak(self, delay: float = 0.0) -> None:
-        self._end_span()
-        body = b"-NAK" if delay <= 0 else b'-NAK {"delay": %d}' % int(delay * NS)
-        if self._msg.reply:
-            await self._msg._client.publish(self._msg.reply, body)
+        """Ask for redelivery, after `delay` seconds."""
+        await self._reply_with(b"-NAK" if delay <= 0 else b'-NAK {"delay": %d}' % int(delay * NS))
 
     async def term(self) -> None:
-        self._end_span()
-        if self._msg.reply:
-            await self._msg._client.publish(self._msg.reply, b"+TERM")
+        """Never deliver this event again (to this consumer)."""
+        await self._reply_with(b"+TERM")
 
     def _end_span(self) -> None:
         if self._span is not None:
             self._span.end()
             self._span = None
+
+
+def ack_info(reply: bytes) -> tuple[int, int]:
+    """(stream sequence, delivery count) from a JetStream ack subject:
+    $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or the longer
+    form with domain and account hash in front (and a token at the end)."""
+    t = reply.split(b".")
+    if len(t) == 9:
+        return int(t[5]), int(t[4])
+    return int(t[7]), int(t[6])
+
+
+class _LazyHeaders(Mapping[str, str]):
+    """Headers parsed only if a content filter actually reads one."""
+
+    __slots__ = ("_parsed", "_raw")
+
+    def __init__(self, raw: bytes | None) -> None:
+        self._raw = raw
+        self._parsed: dict[str, str] | None = None
+
+    def _get(self) -> dict[str, str]:
+        if self._parsed is None:
+            self._parsed = wire.parse_headers(self._raw)
+        return self._parsed
+
+    def __getitem__(self, key: str) -> str:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def normalize_filter(f: str | Interest, partition: int | None, catalog: Catalog) -> str:
@@ -194,7 +259,7 @@ class Subscription:
         )
         self._project = Projection(opts.project) if opts.project else None
         self._lanes: PriorityLanes[Delivery] = PriorityLanes(opts.burst)
-        self._subs: list[NatsSubscription] = []
+        self._routes: list[wire.Route] = []
         self._consumers: list[tuple[str, str, bool]] = []  # stream, consumer, durable
         self._closers: list[Callable[[Subscription], None]] = []
         self._closed = False
@@ -217,13 +282,9 @@ class Subscription:
             stream = priority.stream
             name = f"{self.opts.durable}-{priority.value}" if self.opts.durable else None
             deliver = await self._ensure_consumer(stream, name, filters)
-            sub = await nc.subscribe(
-                deliver,
-                cb=self._handler(priority, stream),
-                pending_msgs_limit=-1,
-                pending_bytes_limit=-1,
-            )
-            self._subs.append(sub)
+            route = await wire.route(nc, deliver)
+            route.set_handler(self._handler(priority, stream))
+            self._routes.append(route)
         return self
 
     async def _ensure_consumer(self, stream: str, name: str | None, filters: list[str]) -> str:
@@ -284,39 +345,41 @@ class Subscription:
         self._consumers.append((stream, name, True))
         return deliver
 
-    def _handler(self, priority: Priority, stream: str) -> Callable[[Msg], Any]:
+    def _handler(self, priority: Priority, stream: str) -> wire.RawHandler:
         nc = self._mesh.nc
-        lanes = self._lanes
+        put = self._lanes.put
         match = self._match
         transforms = self.opts.transforms
         project = self._project
         stats = self.stats
+        decode = ev.decode
 
-        async def on_msg(msg: Msg) -> None:
-            if not msg.data:
-                hdr = msg.headers or {}
-                if hdr.get("Status") == "100" and msg.reply:  # flow control request
-                    await nc.publish(msg.reply, b"")
-                return
+        def on_msg(
+            subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> Awaitable[None] | None:
+            if not data:
+                if headers is not None and headers.startswith(_FLOW_CONTROL) and reply:
+                    return wire.send(nc, b"PUB %s 0\r\n\r\n" % reply)
+                return None  # idle heartbeat
             try:
-                event = ev.decode(msg.data)
+                event = decode(data)
                 if transforms:
                     event = transforms.upcast(event)
             except MalformedEvent as e:
                 stats.malformed += 1
-                log.error("dropping malformed message on %s: %s", msg.subject, e)
-                if msg.reply:
-                    await nc.publish(msg.reply, b"+TERM")
-                return
-            if match is not None and not match(event, msg.headers):
+                log.error("dropping malformed message on %s: %s", subject.decode(), e)
+                return wire.send(nc, b"PUB %s 5\r\n+TERM\r\n" % reply) if reply else None
+            if match is not None and not match(event, _LazyHeaders(headers)):
                 stats.filtered_out += 1
-                if msg.reply:
-                    await nc.publish(msg.reply, b"+ACK")
-                return
+                return wire.send(nc, b"PUB %s 4\r\n+ACK\r\n" % reply) if reply else None
             if project is not None:
                 event = project.apply(event)
-            seq = int(msg.metadata.sequence.stream) if msg.reply else 0
-            lanes.put(priority, Delivery(msg, event, priority, stream, seq))
+            seq = ack_info(reply)[0] if reply else 0
+            put(
+                priority,
+                Delivery(nc, subject.decode(), reply, headers, event, priority, stream, seq),
+            )
+            return None
 
         return on_msg
 
@@ -355,9 +418,9 @@ class Subscription:
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
+        for route in self._routes:
             try:
-                await sub.unsubscribe()
+                await route.close()
             except Exception as e:  # the connection may already be gone
                 log.debug("unsubscribe: %r", e)
         for stream, name, durable in self._consumers:

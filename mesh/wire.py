@@ -12,6 +12,7 @@ tests/test_faults.py exercise every path here, reconnects included.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -43,7 +44,12 @@ def headers_block(event: Event, traceparent: str = "", tracestate: str = "") -> 
 def hpub(subject: str, reply: str, headers: bytes, payload: bytes) -> bytes:
     hl = len(headers)
     return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-        subject.encode(), reply.encode(), hl, hl + len(payload), headers, payload
+        subject.encode(),
+        reply.encode(),
+        hl,
+        hl + len(payload),
+        headers,
+        payload,
     )
 
 
@@ -53,27 +59,77 @@ async def write(nc: Client, frame: bytes) -> None:
 
 
 async def flush(nc: Client) -> None:
-    """Wake nats-py's flusher once for everything queued since the last flush."""
-    await nc._flush_pending()
+    """Wake nats-py's flusher for everything queued, unless a wake-up is already pending."""
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
 
 
-RawHandler = Callable[[bytes, bytes, bytes | None], None]
+async def send(nc: Client, frame: bytes) -> None:
+    await write(nc, frame)
+    await flush(nc)
 
 
-async def route_acks(nc: Client, subject: str, handler: RawHandler) -> None:
-    """Subscribe `subject` and hand its messages to `handler(subject, data, raw_headers)`
-    directly from the parser. The subscription id survives reconnects (nats-py re-sends
-    SUB with the same sid), so the route does too."""
+def parse_headers(raw: bytes | None) -> dict[str, str]:
+    """A NATS header block as a dict; an inline status ("NATS/1.0 100 Idle Heartbeat")
+    becomes Status / Description, as nats-py reports it."""
+    if not raw:
+        return {}
+    first, _, rest = raw.partition(b"\r\n")
+    out: dict[str, str] = {}
+    status = first[9:].strip()
+    if status:
+        code, _, desc = status.partition(b" ")
+        out["Status"] = code.decode()
+        if desc:
+            out["Description"] = desc.decode(errors="replace")
+    for line in rest.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
+    return out
+
+
+# handler(subject, reply, data, raw_headers); may return an awaitable for rare slow paths.
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], Awaitable[None] | None]
+
+
+async def route(nc: Client, subject: str) -> Route:
+    """A subscription whose messages skip nats-py's Msg objects, per-subscription queue
+    and task: the protocol parser hands them to `Route.handler` directly. The
+    subscription id survives reconnects (nats-py re-sends SUB with the same sid), so the
+    route does too."""
+    routes: dict[int, RawHandler] | None = getattr(nc, "_mesh_routes", None)
+    if routes is None:
+        routes = {}
+        nc._mesh_routes = routes  # type: ignore[attr-defined]
+        previous: Callable[..., Awaitable[None]] = nc._process_msg
+        table = routes
+
+        async def process_msg(
+            sid: int, subj: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            handler = table.get(sid)
+            if handler is None:
+                await previous(sid, subj, reply, data, headers)
+                return
+            pending = handler(subj, reply, data, headers)
+            if pending is not None:
+                await pending
+
+        nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
     sub = await nc.subscribe(subject)
-    sid = sub._id
-    previous: Callable[..., Awaitable[None]] = nc._process_msg
+    return Route(nc, sub, routes)
 
-    async def process_msg(
-        msg_sid: int, subj: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        if msg_sid == sid:
-            handler(subj, data, headers)
-            return
-        await previous(msg_sid, subj, reply, data, headers)
 
-    nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
+class Route:
+    def __init__(self, nc: Client, sub: Any, routes: dict[int, RawHandler]) -> None:
+        self._sub = sub
+        self._routes = routes
+        self.sid: int = sub._id
+
+    def set_handler(self, handler: RawHandler) -> None:
+        self._routes[self.sid] = handler
+
+    async def close(self) -> None:
+        self._routes.pop(self.sid, None)
+        await self._sub.unsubscribe()

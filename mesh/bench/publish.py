@@ -80,26 +80,20 @@ async def _consume(url: str, conn: Connection) -> None:
         Mesh.connect(url, service="bench-consumer") as mesh,
         mesh.subscribe("tm.>", ack="none") as sub,
     ):
+
+        async def record() -> None:
+            while True:
+                d = await sub.next()
+                hists[d.priority].record_value(max(1, (time.time_ns() - d.event.timestamp) // 1000))
+
+        recorder = asyncio.create_task(record())
         conn.send("ready")
-        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
         loop.add_reader(conn.fileno(), stop.set)
-        while not stop.is_set():
-            nxt = asyncio.ensure_future(sub.next())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not nxt.done():
-                nxt.cancel()
-                break
-            d = nxt.result()
-            hists[d.priority].record_value(max(1, (time.time_ns() - d.event.timestamp) // 1000))
-            # Drain whatever is already here without re-arming the stop watcher each time.
-            while (more := sub._lanes.get_nowait()) is not None:
-                hists[more.priority].record_value(
-                    max(1, (time.time_ns() - more.event.timestamp) // 1000)
-                )
+        await stop.wait()
         loop.remove_reader(conn.fileno())
+        recorder.cancel()
     conn.recv()
     conn.send({p.value: h.encode() for p, h in hists.items()})
 
