@@ -423,6 +423,13 @@ class Subscription:
                 await route.close()
             except Exception as e:  # the connection may already be gone
                 log.debug("unsubscribe: %r", e)
+        # Events received but never handed out go back now, not after ack_wait: a durable
+        # consumer reopened right away (or by another process) gets them at once.
+        while self.opts.durable and (d := self._lanes.get_nowait()) is not None:
+            try:
+                await d.nak()
+            except Exception as e:  # the connection may already be gone
+                log.debug("nak on close: %r", e)
         for stream, name, durable in self._consumers:
             if not durable and self._mesh.nc.is_connected:
                 try:

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from mesh import jsapi
+from mesh.client import Mesh
+from mesh.events import Event
+from mesh.subscriber import Interest, Start
+from mesh.transforms import Transforms
+
+
+def orders(tag: str, n: int, start: int = 0) -> list[Event]:
+    return [
+        Event(event_type="ORDER_PLACED", symbol="AAPL", account=tag, payload={"i": i})
+        for i in range(start, start + n)
+    ]
+
+
+async def test_durable_consumer_resumes_after_the_last_ack(mesh: Mesh, tag: str) -> None:
+    await mesh.publish_many(orders(tag, 10))
+    async with mesh.subscribe(Interest(account=tag), durable=f"d{tag}", start=Start.all()) as sub:
+        for expected in range(5):
+            d = await sub.next(timeout=10)
+            assert d.event.payload["i"] == expected
+            await d.ack_sync()
+    await mesh.publish_many(orders(tag, 5, start=10))
+    async with mesh.subscribe(Interest(account=tag), durable=f"d{tag}", start=Start.all()) as sub:
+        got = []
+        for _ in range(10):
+            d = await sub.next(timeout=10)
+            got.append(d.event.payload["i"])
+            await d.ack()
+    assert got == list(range(5, 15))
+
+
+async def test_start_at_a_sequence_or_a_time(mesh: Mesh, tag: str) -> None:
+    first = await mesh.publish_many(orders(tag, 5))
+    middle = datetime.now(UTC)
+    await mesh.publish_many(orders(tag, 5, start=5))
+    async with mesh.subscribe(Interest(account=tag), start=Start.at_seq(first[3])) as sub:
+        assert (await sub.next(timeout=10)).event.payload["i"] == 3
+    async with mesh.subscribe(Interest(account=tag), start=Start.at_time(middle)) as sub:
+        d = await sub.next(timeout=10)
+        assert d.event.payload["i"] == 5
+
+
+async def test_content_filter_on_payload_and_headers(mesh: Mesh, tag: str) -> None:
+    events = [
+        Event(event_type="PRICE_UPDATE", symbol=tag, payload={"price": p}) for p in (99, 101, 150)
+    ]
+    await mesh.publish_many(events)
+    where = f'payload.price > 100 and header.Nats-Msg-Id != "{events[1].event_id}"'
+    async with mesh.subscribe(Interest(symbol=tag), start=Start.all(), where=where) as sub:
+        d = await sub.next(timeout=10)
+        assert d.event.payload["price"] == 150
+        await d.ack()
+    assert sub.stats.filtered_out == 2
+
+
+async def test_old_producer_new_consumer_through_upcasters_and_projection(
+    mesh: Mesh, tag: str
+) -> None:
+    transforms = Transforms()
+
+    @transforms.upcaster("ORDER_PLACED", 1)
+    def qty_to_quantity(p: dict[str, object]) -> dict[str, object]:
+        p["quantity"] = p.pop("qty")
+        return p
+
+    @transforms.upcaster("ORDER_PLACED", 2)
+    def add_venue(p: dict[str, object]) -> dict[str, object]:
+        return {**p, "venue": "XNAS"}
+
+    old = Event(
+        event_type="ORDER_PLACED",
+        symbol="AAPL",
+        account=tag,
+        payload={"qty": 100, "side": "buy", "note": "x"},
+    )
+    await mesh.publish(old)
+    async with mesh.subscribe(
+        Interest(account=tag),
+        start=Start.all(),
+        transforms=transforms,
+        project=["quantity", "venue"],
+    ) as sub:
+        d = await sub.next(timeout=10)
+    assert d.event.version == 3
+    assert d.event.payload == {"quantity": 100, "venue": "XNAS"}
+
+
+async def test_a_malformed_message_is_skipped_and_the_stream_keeps_flowing(
+    mesh: Mesh, tag: str
+) -> None:
+    async with mesh.subscribe(Interest(symbol=tag)) as sub:
+        # Not an event at all, published straight into the stream past the mesh API.
+        await mesh.nc.request(f"tm.high.market.PRICE_UPDATE.{tag}._", b"{not json", timeout=5)
+        good = Event(event_type="PRICE_UPDATE", symbol=tag, payload={"price": 1})
+        await mesh.publish(good)
+        d = await sub.next(timeout=10)
+        assert d.event.event_id == good.event_id
+    assert sub.stats.malformed == 1
+
+
+async def test_closing_an_ephemeral_subscription_removes_its_consumers(
+    mesh: Mesh, tag: str
+) -> None:
+    async def consumer_names() -> set[str]:
+        return {c["name"] for c in await jsapi.consumers(mesh.nc, "TM_HIGH")}
+
+    before = await consumer_names()
+    async with mesh.subscribe(Interest(symbol=tag)):
+        assert len(await consumer_names() - before) == 1
+    assert await consumer_names() == before
