@@ -1,0 +1,1 @@
+"""Placeholder: built on `mesh`; see the open issue for this part (README, table at the top)."""
