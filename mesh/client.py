@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 import nats
@@ -28,6 +27,7 @@ from mesh.config import MeshConfig
 from mesh.errors import ConnectFailed, PayloadTooLarge, WrongPriority
 from mesh.events import Event
 from mesh.publisher import Publisher
+from mesh.resource import AsyncResource
 from mesh.subscriber import Interest, Subscription, SubscriptionOptions
 
 log = logging.getLogger("mesh")
@@ -48,7 +48,7 @@ class Prepared:
         self.span: trace.Span | None = span
 
 
-class Mesh:
+class Mesh(AsyncResource):
     def __init__(
         self,
         servers: str | Sequence[str] = "nats://127.0.0.1:4222",
@@ -141,17 +141,6 @@ class Mesh:
             await self._publisher.close()
         if not self.nc.is_closed:
             await self.nc.drain()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _on_error(self, err: Exception) -> None:
         if not self.nc.is_connected and self._connect_error is None:

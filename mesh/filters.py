@@ -651,30 +651,29 @@ class _Parser:
         return f
 
     def or_expr(self) -> tuple[Filter, int]:
-        start = self.peek()
-        f, height = self.and_expr()
-        if not self.at_keyword("or"):
-            return f, height
-        children = [f]
-        while self.at_keyword("or"):
-            self.take()
-            g, h = self.and_expr()
-            children.append(g)
-            height = max(height, h)
-        return self.node(Or(children), height + 1, start)
+        return self.chain("or", self.and_expr, Or)
 
     def and_expr(self) -> tuple[Filter, int]:
+        return self.chain("and", self.unary, And)
+
+    def chain(
+        self,
+        keyword: str,
+        operand: Callable[[], tuple[Filter, int]],
+        node: Callable[[list[Filter]], Filter],
+    ) -> tuple[Filter, int]:
+        """operand (keyword operand)*: one node for the whole run, so `a or b or c` is flat."""
         start = self.peek()
-        f, height = self.unary()
-        if not self.at_keyword("and"):
+        f, height = operand()
+        if not self.at_keyword(keyword):
             return f, height
         children = [f]
-        while self.at_keyword("and"):
+        while self.at_keyword(keyword):
             self.take()
-            g, h = self.unary()
+            g, h = operand()
             children.append(g)
             height = max(height, h)
-        return self.node(And(children), height + 1, start)
+        return self.node(node(children), height + 1, start)
 
     def unary(self) -> tuple[Filter, int]:
         tok = self.peek()

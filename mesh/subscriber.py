@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import msgspec
@@ -31,6 +30,7 @@ from mesh.catalog import Catalog, Priority
 from mesh.errors import MalformedEvent, MeshError
 from mesh.events import Event
 from mesh.priority import PriorityLanes
+from mesh.resource import AsyncResource
 from mesh.transforms import Projection, Transforms
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class SubscriptionStats:
     malformed: int = 0
 
 
-class Subscription:
+class Subscription(AsyncResource):
     def __init__(
         self, mesh: Mesh, filters: list[str | Interest], opts: SubscriptionOptions
     ) -> None:
@@ -438,17 +438,6 @@ class Subscription:
                     log.debug("delete consumer %s: %s", name, e)
         for fn in self._closers:
             fn(self)
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def utc(ts_ns: int) -> datetime:
