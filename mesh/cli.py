@@ -57,7 +57,6 @@ def _when(ns_iso: str | None) -> str:
 async def cmd_up(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     from mesh.demo import Demo
 
-    tracing.configure(cfg.tracing, cfg.service)
     embedded: server.NatsServer | None = None
     url = _url(args, cfg)
     if not (args.url or cfg.nats.url):
@@ -388,9 +387,9 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks (print a final JSON line)")
     b.add_argument("what", choices=["publish"])
-    b.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    b.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
     b.add_argument("--rate", type=int, default=20_000, help="latency phase events/s")
-    b.add_argument("--runs", type=int, default=1, help="repeat the throughput phase")
+    b.add_argument("--runs", type=int, default=3, help="throughput runs (the median is reported)")
     b.set_defaults(fn=cmd_bench)
     return p
 
@@ -407,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         cfg = config.load(args.config)
+        tracing.configure(cfg.tracing, cfg.service)
         fn: Handler = args.fn
         sys.exit(asyncio.run(_call(fn, args, cfg)))
     except MeshError as e:

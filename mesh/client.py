@@ -76,6 +76,7 @@ class Mesh(AsyncResource):
         self._connect_error: Exception | None = None
         self._closing = False
         self.nc: Client = Client()
+        wire.install_fast_parser(self.nc)
         self._publisher: Publisher | None = None
         self._subscriptions: set[Subscription] = set()
 
