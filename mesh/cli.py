@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client
 
 from mesh import chain, config, jsapi, provision, server, tracing
 from mesh.catalog import Priority
@@ -34,11 +35,14 @@ def _url(args: argparse.Namespace, cfg: config.MeshConfig) -> str:
 
 
 def _mesh(args: argparse.Namespace, cfg: config.MeshConfig) -> Mesh:
-    m = Mesh.from_config(cfg, _url(args, cfg))
-    if args.user:
-        m.user = args.user
-        m._password = args.password
-    return m
+    return Mesh.from_config(cfg, _url(args, cfg), args.user, args.password)
+
+
+async def _connect(args: argparse.Namespace, cfg: config.MeshConfig) -> Client:
+    """A plain connection for commands that only read or manage streams."""
+    user = args.user or cfg.nats.user
+    password = args.password if args.user else cfg.nats.password
+    return await connect_nats(_url(args, cfg), user, password)
 
 
 def _ts(ns: int) -> str:
@@ -142,7 +146,7 @@ async def _run_demo(url: str, args: argparse.Namespace, demo_cls: Any) -> int:
 
 
 async def cmd_provision(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
-    nc = await connect_nats(_url(args, cfg), cfg.nats.user, cfg.nats.password)
+    nc = await _connect(args, cfg)
     try:
         defs = provision.load_streams(args.config_dir or cfg.nats.config_dir)
         for c in await provision.apply(nc, defs, args.replicas or cfg.nats.replicas):
@@ -252,7 +256,7 @@ async def cmd_sub(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
 
 
 async def cmd_streams(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
-    nc = await connect_nats(_url(args, cfg), cfg.nats.user, cfg.nats.password)
+    nc = await _connect(args, cfg)
     rows = []
     try:
         for name in sorted(await jsapi.stream_names(nc)):
@@ -294,7 +298,7 @@ async def cmd_streams(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
 
 
 async def cmd_chain(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
-    nc = await connect_nats(_url(args, cfg), cfg.nats.user, cfg.nats.password)
+    nc = await _connect(args, cfg)
     try:
         found = await chain.collect(nc, args.correlation_id)
     finally:

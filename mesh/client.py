@@ -88,12 +88,18 @@ class Mesh(AsyncResource):
         return cls(servers, **kw)
 
     @classmethod
-    def from_config(cls, cfg: MeshConfig, url: str | None = None) -> Self:
+    def from_config(
+        cls,
+        cfg: MeshConfig,
+        url: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> Self:
         return cls(
             url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}",
             service=cfg.service,
-            user=cfg.nats.user or None,
-            password=cfg.nats.password or None,
+            user=user or cfg.nats.user or None,
+            password=password if user else (cfg.nats.password or None),
             catalog=cfg.build_catalog(),
             ack_timeout=cfg.nats.ack_timeout,
             publish_deadline=cfg.nats.publish_deadline,

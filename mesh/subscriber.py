@@ -389,12 +389,10 @@ class Subscription(AsyncResource):
         d = await asyncio.wait_for(self._lanes.get(), timeout)
         self.stats.delivered += 1
         if tracing.enabled():
-            span_cm = tracing.consume_span(
+            # The span stays open until the caller acks: it measures the processing.
+            d._span = tracing.consume_span(
                 d.event.event_type, d.subject, d.event.event_id, d.headers
             )
-            span = span_cm.__enter__()
-            # The span stays open until the caller acks: it measures the processing.
-            d._span = span
         return d
 
     def __aiter__(self) -> Self:

@@ -7,9 +7,7 @@ one from config (OTLP/HTTP, console, or none), and tests may install their own.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -80,14 +78,15 @@ def publish_span(
 
 def consume_span(
     event_type: str, subject: str, event_id: str, headers: Mapping[str, str] | None
-) -> AbstractContextManager[trace.Span | None]:
-    """A CONSUMER span whose parent is the publisher's span from `traceparent`."""
+) -> trace.Span | None:
+    """A CONSUMER span whose parent is the publisher's span from `traceparent`.
+
+    Not made current: the caller ends it (at ack) from wherever it handles the event."""
     if _tracer is None:
-        return nullcontext()
-    parent = propagate.extract(dict(headers or {}))
-    return _tracer.start_as_current_span(
+        return None
+    return _tracer.start_span(
         f"process {event_type}",
-        context=parent,
+        context=propagate.extract(dict(headers or {})),
         kind=trace.SpanKind.CONSUMER,
         attributes={
             "messaging.system": "nats",
@@ -95,9 +94,4 @@ def consume_span(
             "messaging.destination.name": subject,
             "messaging.message.id": event_id,
         },
-        end_on_exit=True,
     )
-
-
-def current_context() -> otel_context.Context:
-    return otel_context.get_current()
