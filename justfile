@@ -17,9 +17,9 @@ test-fast:
     ./dev test -m "not slow"
 
 lint:
-    .venv/bin/ruff check mesh gateway bridge_kafka store tests
+    .venv/bin/ruff check mesh node gateway bridge_kafka store tests
     .venv/bin/ruff format --check mesh tests
-    .venv/bin/mypy mesh
+    .venv/bin/mypy mesh node
 
 bench-publish *args:
     .venv/bin/mesh bench publish {{args}}

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 from nats.aio.client import Client
@@ -320,11 +320,9 @@ async def cmd_types(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     return 0
 
 
-async def cmd_bench(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
+async def cmd_bench_publish(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     from mesh.bench import publish as bench_publish
 
-    if args.what != "publish":
-        raise MeshError(f"unknown benchmark {args.what!r}: available: publish")
     return await bench_publish.main(args)
 
 
@@ -389,12 +387,13 @@ def parser() -> argparse.ArgumentParser:
     ty = sub.add_parser("types", help="the event catalog")
     ty.set_defaults(fn=cmd_types)
 
-    b = sub.add_parser("bench", help="benchmarks (print a final JSON line)")
-    b.add_argument("what", choices=["publish"])
-    b.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
-    b.add_argument("--rate", type=int, default=20_000, help="latency phase events/s")
-    b.add_argument("--runs", type=int, default=3, help="throughput runs (the median is reported)")
-    b.set_defaults(fn=cmd_bench)
+    b = sub.add_parser("bench", help="benchmarks (each prints a final JSON line)")
+    benches = b.add_subparsers(dest="bench", required=True)
+    bp = benches.add_parser("publish", help="acked publish throughput, then latency under load")
+    bp.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
+    bp.add_argument("--rate", type=int, default=20_000, help="latency phase events/s")
+    bp.add_argument("--runs", type=int, default=3, help="throughput runs (the median is reported)")
+    bp.set_defaults(fn=cmd_bench_publish)
     return p
 
 
@@ -402,8 +401,24 @@ async def _call(fn: Handler, args: argparse.Namespace, cfg: config.MeshConfig) -
     return await fn(args, cfg)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _subparsers(p: argparse.ArgumentParser) -> SubParsers:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError(f"{p.prog} has no sub-commands")
+
+
+def subcommands(p: argparse.ArgumentParser) -> tuple[SubParsers, SubParsers]:
+    """The command table of `parser()` and its `bench` table, for parts to add to."""
+    top = _subparsers(p)
+    return top, _subparsers(top.choices["bench"])
+
+
+def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -418,6 +433,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The core commands only (the full `mesh` command is node.cli)."""
+    run(parser(), argv)
 
 
 if __name__ == "__main__":
