@@ -175,7 +175,7 @@ class Mesh(AsyncResource):
 
     # -- publishing ------------------------------------------------------------------------
 
-    def prepare(self, event: Event, *, trace_spans: bool | None = None) -> Prepared:
+    def prepare(self, event: Event) -> Prepared:
         """Validate and encode; raises InvalidEvent and publishes nothing.
 
         Fills in `priority` (from the catalog) and `source` (this service) when unset.
@@ -192,7 +192,7 @@ class Mesh(AsyncResource):
         payload = ev.encode(event)
         span = None
         carrier: dict[str, str] = {}
-        if trace_spans if trace_spans is not None else tracing.enabled():
+        if tracing.enabled():
             span, carrier = tracing.publish_span(
                 event.event_type, subject, event.event_id, event.correlation_id
             )
@@ -218,7 +218,13 @@ class Mesh(AsyncResource):
         All events are validated before the first one is sent: one bad event means none
         of them is published.
         """
-        prepared = [self.prepare(e) for e in events]
+        prepared: list[Prepared] = []
+        try:
+            for e in events:
+                prepared.append(self.prepare(e))
+        except BaseException:
+            _end_spans(prepared)
+            raise
         return await self.publish_prepared(prepared)
 
     async def publish_prepared(self, prepared: Sequence[Prepared]) -> list[int]:
@@ -227,10 +233,7 @@ class Mesh(AsyncResource):
                 [(p.subject, p.headers, p.payload) for p in prepared]
             )
         except BaseException as e:
-            for p in prepared:
-                if p.span is not None:
-                    p.span.record_exception(e)
-                    p.span.end()
+            _end_spans(prepared, e)
             raise
         for p, ack in zip(prepared, acks, strict=True):
             if p.span is not None:
@@ -252,6 +255,14 @@ class Mesh(AsyncResource):
 
     async def stream_info(self, name: str) -> dict[str, Any] | None:
         return await jsapi.stream_info(self.nc, name)
+
+
+def _end_spans(prepared: Sequence[Prepared], error: BaseException | None = None) -> None:
+    for p in prepared:
+        if p.span is not None:
+            if error is not None:
+                p.span.record_exception(error)
+            p.span.end()
 
 
 async def connect_nats(url: str, user: str = "mesh", password: str = "mesh-dev") -> Client:
