@@ -1,0 +1,29 @@
+"""Store settings: where the data lives, how the sink batches, what auditors may do.
+
+Read from the `[store]` table of the mesh config file when present, else defaults; every
+field can be overridden by a CLI flag (`mesh store --help`)."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class StoreConfig(msgspec.Struct, kw_only=True):
+    # A directory selects embedded chDB (one owning process); an http(s):// URL a server.
+    target: str = "data/audit"
+    database: str = "audit"
+    ttl_days: float = 30.0  # retention; whole day-partitions are dropped once expired
+    batch_rows: int = 20_000  # an insert is cut at this many rows ...
+    batch_ms: int = 200  # ... or this long after its first row, whichever comes first
+    durable_prefix: str = "tm-store"  # durable consumer name = prefix + "-" + stream
+    # auditor endpoint
+    http_host: str = "127.0.0.1"
+    http_port: int = 8124
+    auditors: dict[str, str] = msgspec.field(default_factory=lambda: {"auditor": "audit-dev"})
+    max_execution_time: float = 10.0  # seconds per query
+    max_result_rows: int = 1_000_000
+    max_result_bytes: int = 512 * 1024 * 1024
+
+
+def is_server(target: str) -> bool:
+    return target.startswith(("http://", "https://"))

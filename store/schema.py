@@ -1,0 +1,109 @@
+"""The audit table and its migrations, applied by the store itself at start.
+
+Layout, chosen for the audit queries (docs/store.md has the measurements):
+* one row per stored event; columns named like `mesh.events.Event` fields so the sink can
+  hand the wire JSON straight to ClickHouse (JSONEachRow) with only `stream`, `seq` and
+  `domain` spliced in;
+* `PARTITION BY toDate(ts)`: day partitions, so retention drops whole parts
+  (`ttl_only_drop_parts`) and day/hour queries prune partitions;
+* `ORDER BY (symbol, ts)`: per-symbol time ranges (and replay in per-symbol order) read a
+  contiguous range of the primary index;
+* bloom-filter skip indexes on correlation_id, account and event_id: point lookups that
+  the sort key cannot serve skip granules instead of scanning the day;
+* LowCardinality for the columns with few distinct values (type, domain, priority, tenant,
+  source, stream, symbol);
+* `non_replicated_deduplication_window`: MergeTree remembers the last N insert tokens, so
+  a retried insert with the same `insert_deduplication_token` is a no-op (see sink.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from clickhouse_connect.driver.client import Client
+
+TABLE = "events"
+DEDUP_WINDOW = 10_000  # insert tokens remembered; far more than batches in flight
+
+
+def _v1(db: str, ttl_seconds: int) -> list[str]:
+    return [
+        f"""
+CREATE TABLE IF NOT EXISTS {db}.{TABLE}
+(
+    timestamp      Int64,
+    ts             DateTime64(9, 'UTC') MATERIALIZED fromUnixTimestamp64Nano(timestamp, 'UTC'),
+    event_id       UUID,
+    event_type     LowCardinality(String),
+    domain         LowCardinality(String),
+    priority       LowCardinality(String) DEFAULT '',
+    symbol         LowCardinality(String) DEFAULT '',
+    account        String DEFAULT '',
+    tenant         LowCardinality(String) DEFAULT '',
+    correlation_id String DEFAULT '',
+    causation_id   String DEFAULT '',
+    source         LowCardinality(String) DEFAULT '',
+    version        UInt16 DEFAULT 1,
+    payload        String DEFAULT '{{}}' CODEC(ZSTD(3)),
+    stream         LowCardinality(String),
+    seq            UInt64,
+    ingested_at    DateTime64(3, 'UTC') DEFAULT now64(3),
+    INDEX ix_correlation correlation_id TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX ix_account account TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX ix_event_id event_id TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX ix_type event_type TYPE set(256) GRANULARITY 1
+)
+ENGINE = MergeTree
+PARTITION BY toDate(ts)
+ORDER BY (symbol, ts)
+TTL toDateTime(ts) + toIntervalSecond({ttl_seconds})
+SETTINGS ttl_only_drop_parts = 1,
+         merge_with_ttl_timeout = 3600,
+         non_replicated_deduplication_window = {DEDUP_WINDOW}
+"""
+    ]
+
+
+# Append only: a migration, once released, never changes; its index is its version.
+MIGRATIONS: list[Callable[[str, int], list[str]]] = [_v1]
+
+
+def ttl_seconds(ttl_days: float) -> int:
+    return max(1, round(ttl_days * 86400))
+
+
+def migrate(client: Client, db: str, ttl_days: float) -> int:
+    """Create or upgrade the schema; return its version. Safe to run at every start."""
+    ttl = ttl_seconds(ttl_days)
+    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+        "(version UInt32, applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
+    )
+    done = client.query(f"SELECT max(version) FROM {db}.schema_migrations").result_rows
+    current = int(done[0][0] or 0) if done else 0
+    for version, step in enumerate(MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        for sql in step(db, ttl):
+            client.command(sql)
+        client.command(f"INSERT INTO {db}.schema_migrations (version) VALUES ({version})")
+        current = version
+    set_ttl(client, db, ttl_days)
+    return current
+
+
+def set_ttl(client: Client, db: str, ttl_days: float) -> None:
+    """Apply the configured retention if it changed (metadata only, no rewrite of parts)."""
+    ttl = ttl_seconds(ttl_days)
+    create = str(client.command(f"SHOW CREATE TABLE {db}.{TABLE}"))
+    if f"toIntervalSecond({ttl})" not in create:
+        client.command(
+            f"ALTER TABLE {db}.{TABLE} MODIFY TTL toDateTime(ts) + toIntervalSecond({ttl}) "
+            "SETTINGS materialize_ttl_after_modify = 0"
+        )
+
+
+def drop_expired(client: Client, db: str) -> None:
+    """Apply TTL now (normally merges do it within merge_with_ttl_timeout)."""
+    client.command(f"ALTER TABLE {db}.{TABLE} MATERIALIZE TTL SETTINGS mutations_sync = 1")

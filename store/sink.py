@@ -1,0 +1,328 @@
+"""JetStream -> ClickHouse sink: one durable pull consumer per priority stream, batched
+inserts, acks only after the insert, each event exactly once in the table.
+
+Why each event lands exactly once (docs/store.md, "Exactly once", has the long form):
+1. Per stream, batches are inserted one after another in stream-sequence order, and a
+   batch never spans two day partitions, so each insert writes one part: it commits
+   whole or not at all. The rows of a stream in the table are therefore always exactly
+   the events with `seq <= max(seq)` that the sink has seen.
+2. At start the sink reads that high-water mark per stream from the table and drops any
+   (re)delivered message at or below it; in memory it also drops redeliveries of messages
+   it already holds. So a SIGKILL between insert and ack costs a redelivery, not a row.
+3. A failed insert is retried with the very same batch and the same
+   `insert_deduplication_token` (stream + first..last sequence); the table keeps the last
+   `non_replicated_deduplication_window` tokens, so an insert that did commit but whose
+   answer was lost (timeout, dropped connection to a server) is not written twice.
+4. Acks use AckAll on the batch's last message: one ack per batch, and an ack lost in a
+   crash only means step 2 drops the redelivery.
+When ClickHouse is unreachable the insert is retried with exponential back-off (0.1 s to
+5 s), the consumer is not fetched meanwhile, and JetStream holds the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.js import api
+
+from mesh.catalog import Priority
+from mesh.errors import MalformedEvent
+from mesh.events import decode
+from store.config import StoreConfig
+from store.schema import TABLE
+
+log = logging.getLogger("store.sink")
+
+STREAMS = tuple(p.stream for p in Priority)
+# ClickHouse codes for input it could not parse: the batch holds a malformed event.
+_DATA_ERRORS = {6, 26, 27, 38, 41, 53, 69, 72, 117, 131, 318, 321, 376, 377, 441, 485}
+_DAY_NS = 86_400 * 1_000_000_000
+_TS_KEY = b'"timestamp":'
+_INSERT_SETTINGS = {
+    "input_format_skip_unknown_fields": 1,
+    "input_format_json_read_objects_as_strings": 1,
+    "input_format_import_nested_json": 0,
+}
+
+
+class StreamStats(msgspec.Struct):
+    stream: str
+    rows: int = 0
+    batches: int = 0
+    committed_seq: int = 0
+    redeliveries_dropped: int = 0
+    malformed_dropped: int = 0
+    insert_failures: int = 0
+    last_error: str = ""
+    last_insert_ms: float = 0.0
+
+
+@dataclass
+class Batch:
+    stream: str
+    lines: list[bytes] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    day: int = -1
+    last_msg: Msg | None = None
+
+    @property
+    def token(self) -> str:
+        return f"{self.stream}:{self.seqs[0]}-{self.seqs[-1]}"
+
+
+def _timestamp(data: bytes) -> int:
+    """The event's timestamp without decoding the whole JSON (it is validated on error)."""
+    i = data.find(_TS_KEY)
+    if i < 0:
+        return 0
+    i += len(_TS_KEY)
+    j = i
+    while j < len(data) and 48 <= data[j] <= 57:
+        j += 1
+    return int(data[i:j]) if j > i else 0
+
+
+def _stream_seq(reply: str) -> int:
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (9 tokens) or the
+    # v2 form with <domain>.<account hash> after ACK (11 or 12 tokens).
+    t = reply.split(".")
+    return int(t[5] if len(t) == 9 else t[7])
+
+
+class StreamSink:
+    """Moves one stream into the table."""
+
+    def __init__(
+        self, nc: Nats, connect: Callable[[], Client], cfg: StoreConfig, stream: str
+    ) -> None:
+        self.nc = nc
+        self.cfg = cfg
+        self.stream = stream
+        self._connect = connect
+        self._client: Client | None = None
+        self.stats = StreamStats(stream)
+        self._seen = -1  # highest sequence held or committed; -1 until read from the table
+        self._carry: tuple[Msg, int, int] | None = None
+        self.durable = f"{cfg.durable_prefix}-{stream}"
+
+    # -- ClickHouse side (runs in a worker thread: chDB and HTTP calls block) --------------
+
+    def _db(self) -> Client:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client = None
+
+    def _high_water(self) -> int:
+        rows = self._db().query(
+            f"SELECT max(seq) FROM {self.cfg.database}.{TABLE} WHERE stream = {{s:String}}",
+            parameters={"s": self.stream},
+        ).result_rows
+        return int(rows[0][0] or 0) if rows else 0
+
+    def _insert(self, batch: Batch) -> None:
+        if not batch.lines:
+            return
+        t = time.perf_counter()
+        self._db().raw_insert(
+            f"{self.cfg.database}.{TABLE}",
+            None,
+            b"\n".join(batch.lines),
+            fmt="JSONEachRow",
+            settings={**_INSERT_SETTINGS, "insert_deduplication_token": batch.token},
+        )
+        self.stats.last_insert_ms = (time.perf_counter() - t) * 1000
+
+    # -- JetStream side --------------------------------------------------------------------
+
+    async def _subscribe(self) -> object:
+        js = self.nc.jetstream()
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.ALL,
+            ack_wait=120,
+            max_deliver=-1,
+            max_ack_pending=max(4 * self.cfg.batch_rows, 10_000),
+            max_waiting=16,
+        )
+        return await js.pull_subscribe(
+            "", durable=self.durable, stream=self.stream, config=config,
+            pending_msgs_limit=4 * self.cfg.batch_rows + 10_000,
+        )
+
+    def _add(self, batch: Batch, msg: Msg, seq: int, ts: int) -> None:
+        batch.lines.append(
+            b'{"stream":"%s","seq":%d,"domain":"%s",'
+            % (self.stream.encode(), seq, msg.subject.split(".", 3)[2].encode())
+            + msg.data[1:]
+        )
+        batch.seqs.append(seq)
+        batch.raw.append(msg.data)
+        batch.last_msg = msg
+        if batch.day < 0:
+            batch.day = ts // _DAY_NS
+
+    async def _collect(self, psub: object) -> Batch:
+        """Next batch: up to batch_rows messages, batch_ms after its first, one day only."""
+        batch = Batch(self.stream)
+        if self._carry is not None:
+            self._add(batch, *self._carry)
+            self._carry = None
+        deadline: float | None = time.monotonic() + self.cfg.batch_ms / 1000 if batch.seqs else None
+        stale: tuple[Msg, int] | None = None
+        while len(batch.seqs) < self.cfg.batch_rows:
+            timeout = 1.0 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0.001:
+                break
+            try:
+                msgs = await psub.fetch(  # type: ignore[attr-defined]
+                    min(self.cfg.batch_rows - len(batch.seqs), 5000), timeout=timeout
+                )
+            except TimeoutError:  # nats-py raises the builtin (asyncio) one
+                if deadline is None and not batch.seqs:
+                    continue
+                break
+            for msg in msgs:
+                seq = _stream_seq(msg.reply)
+                if seq <= self._seen:
+                    stale = (msg, seq)  # a redelivery of something held or committed
+                    self.stats.redeliveries_dropped += 1
+                    continue
+                self._seen = seq
+                if not msg.data.startswith(b"{"):
+                    ts = 0
+                else:
+                    ts = _timestamp(msg.data)
+                if batch.seqs and ts // _DAY_NS != batch.day:
+                    # never two partitions in one insert: cut here, carry the message over
+                    self._carry = (msg, seq, ts)
+                    break
+                self._add(batch, msg, seq, ts)
+            if self._carry is not None:
+                break
+            if deadline is None and batch.seqs:
+                deadline = time.monotonic() + self.cfg.batch_ms / 1000
+        if stale is not None and stale[1] <= self.stats.committed_seq:
+            # AckAll: move the ack floor past committed redeliveries we dropped (never past
+            # a batch still being inserted)
+            await stale[0].ack()
+        return batch
+
+    async def _commit(self, batch: Batch) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await asyncio.to_thread(self._insert, batch)
+                break
+            except DatabaseError as e:
+                self._note_failure(e)
+                if getattr(e, "code", None) in _DATA_ERRORS and self._drop_malformed(batch):
+                    continue  # retry at once without the malformed events
+                if not isinstance(e, DatabaseError) or getattr(e, "code", None) is None:
+                    self._drop_client()
+            except Exception as e:  # unreachable, refused, disk error: back off, keep the batch
+                self._note_failure(e)
+                self._drop_client()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        if batch.last_msg is not None:
+            await batch.last_msg.ack()
+        self.stats.rows += len(batch.lines)
+        self.stats.batches += 1
+        self.stats.committed_seq = batch.seqs[-1]
+
+    def _note_failure(self, e: BaseException) -> None:
+        self.stats.insert_failures += 1
+        self.stats.last_error = f"{type(e).__name__}: {str(e)[:300]}"
+        log.warning("%s: insert failed (%s), retrying", self.stream, self.stats.last_error)
+
+    def _drop_malformed(self, batch: Batch) -> bool:
+        """Remove events that are not valid mesh events; True if any were removed."""
+        keep = []
+        for i, raw in enumerate(batch.raw):
+            try:
+                decode(raw)
+                keep.append(i)
+            except MalformedEvent:
+                log.error("%s seq %d: malformed event dropped", self.stream, batch.seqs[i])
+        dropped = len(batch.raw) - len(keep)
+        if not dropped:
+            return False
+        self.stats.malformed_dropped += dropped
+        # the token stays the batch's first..last sequence: the filtering is deterministic
+        batch.lines = [batch.lines[i] for i in keep]
+        batch.raw = [batch.raw[i] for i in keep]
+        return True
+
+    async def run(self) -> None:
+        while self._seen < 0:
+            try:
+                self._seen = await asyncio.to_thread(self._high_water)
+                self.stats.committed_seq = self._seen
+            except Exception as e:
+                self._note_failure(e)
+                self._drop_client()
+                await asyncio.sleep(1.0)
+        psub = await self._subscribe()
+        pending: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = await self._collect(psub)
+                if pending is not None:
+                    await pending  # strictly one insert at a time per stream, in order
+                    pending = None
+                if batch.seqs:
+                    pending = asyncio.create_task(self._commit(batch))
+        finally:
+            if pending is not None:
+                pending.cancel()
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()  # type: ignore[attr-defined]
+
+
+class Sink:
+    """All four streams; `stats()` for metrics."""
+
+    def __init__(self, nc: Nats, connect: Callable[[], Client], cfg: StoreConfig,
+                 streams: tuple[str, ...] = STREAMS) -> None:
+        self.sinks = [StreamSink(nc, connect, cfg, s) for s in streams]
+
+    def stats(self) -> list[StreamStats]:
+        return [s.stats for s in self.sinks]
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for s in self.sinks:
+                tg.create_task(_supervise(s))
+
+
+async def _supervise(sink: StreamSink) -> None:
+    """Restart one stream's sink after an unexpected error; the others keep going."""
+    while True:
+        try:
+            await sink.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            sink._note_failure(e)
+            log.exception("%s: sink stopped, restarting in 1 s", sink.stream)
+            sink._seen = -1  # re-read the high-water mark: held batches were lost
+            sink._carry = None
+            await asyncio.sleep(1.0)

@@ -1,0 +1,42 @@
+"""The sink moves every stored event into the table exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from clickhouse_connect.driver.client import Client
+
+from mesh.client import Mesh, connect_nats
+from mesh.events import Event
+from mesh.server import NatsServer
+from store import db
+from store.config import StoreConfig
+from store.sink import Sink
+from tests.helpers import eventually
+
+
+def count(client: Client, cfg: StoreConfig) -> int:
+    return int(client.query(f"SELECT count() FROM {cfg.database}.events").result_rows[0][0])
+
+
+async def test_events_of_all_streams_land_once(
+    fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
+) -> None:
+    async with Mesh.connect(fresh_server.url, service="t") as mesh:
+        events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(1200)]
+        events += [Event(event_type="MARGIN_CALL", account=tag, payload={"i": i}) for i in range(50)]
+        await mesh.publish_many(events)
+        nc = await connect_nats(fresh_server.url)
+        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg)
+        task = asyncio.create_task(sink.run())
+        try:
+            await eventually(lambda: count(client, store_cfg) >= 1250, 30, "1250 rows")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await nc.close()
+    rows = client.query(
+        f"SELECT toString(event_id), stream, seq, domain, payload FROM {store_cfg.database}.events"
+    ).result_rows
+    assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
+    assert {r[1] for r in rows} == {"TM_HIGH", "TM_CRITICAL"}
