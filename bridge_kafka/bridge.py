@@ -1,0 +1,147 @@
+"""The bridge: one process, both directions, health and metrics.
+
+    async with Bridge(cfg, mesh) as bridge:
+        await bridge.wait_closed()
+
+Status answers on NATS at `tmbridge.status.<name>` (`mesh bridge status`), and, if a
+path is given, as Prometheus text rewritten every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Self
+
+from confluent_kafka import KafkaError
+
+from bridge_kafka.config import BridgeConfig
+from bridge_kafka.errors import BridgeConfigError
+from bridge_kafka.inbound import Inbound
+from bridge_kafka.kafka_io import ProducerThread
+from bridge_kafka.metrics import Metrics
+from bridge_kafka.outbound import Outbound, _Pending
+from mesh.catalog import BUILTIN, Catalog
+from mesh.client import Mesh
+from mesh.resource import AsyncResource
+
+log = logging.getLogger("bridge_kafka")
+
+
+class Bridge(AsyncResource):
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        mesh: Mesh,
+        *,
+        catalog: Catalog = BUILTIN,
+        metrics_file: str | Path | None = None,
+    ) -> None:
+        if not cfg.bootstrap:
+            raise BridgeConfigError("the bridge is off: set `bootstrap` (Kafka address)")
+        self.cfg = cfg
+        self.mesh = mesh
+        self.catalog = catalog
+        self.metrics = Metrics()
+        self.metrics_file = Path(metrics_file) if metrics_file else None
+        self.producer: ProducerThread | None = None
+        self.inbound: Inbound | None = None
+        self.outbound: Outbound | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._status_sub: Any = None
+        self._closed = asyncio.Event()
+
+    async def start(self) -> Self:
+        loop = asyncio.get_running_loop()
+        self.metrics.nats_up = self.mesh.nc.is_connected
+        self.producer = ProducerThread(
+            {
+                "bootstrap.servers": self.cfg.bootstrap,
+                "message.max.bytes": max(self.cfg.max_record_bytes * 2, 1_000_000),
+            }
+            | self.cfg.kafka,
+            loop,
+            self._on_reports,
+            self.metrics,
+        )
+        if self.cfg.outbound:
+            self.outbound = Outbound(self.cfg, self.mesh, self.producer, self.metrics)
+            await self.outbound.start()
+        if self.cfg.inbound:
+            self.inbound = Inbound(self.cfg, self.mesh, self.catalog, self.producer, self.metrics)
+            self.inbound.start()
+        self._status_sub = await self.mesh.nc.subscribe(self.cfg.status_subject, cb=self._status)
+        self._tasks.append(asyncio.create_task(self._ticker(), name="bridge-metrics"))
+        log.info(
+            "bridge %s: %d inbound, %d outbound rules, Kafka at %s",
+            self.cfg.name,
+            len(self.cfg.inbound),
+            len(self.cfg.outbound),
+            self.cfg.bootstrap,
+        )
+        return self
+
+    def _on_reports(self, reports: list[tuple[Any, KafkaError | None]]) -> None:
+        acks = False
+        for opaque, err in reports:
+            if isinstance(opaque, _Pending):
+                assert self.outbound is not None
+                self.outbound.on_report(opaque, err)
+                acks = True
+            elif isinstance(opaque, asyncio.Future) and not opaque.done():
+                if err is None:
+                    opaque.set_result(None)
+                else:
+                    opaque.set_exception(RuntimeError(err.str()))
+        if acks and self.outbound is not None:
+            self._tasks.append(asyncio.ensure_future(self.outbound.flush_acks()))
+            if len(self._tasks) > 64:
+                self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _status(self, msg: Any) -> None:
+        await msg.respond(json.dumps(await self.status()).encode())
+
+    async def status(self) -> dict[str, Any]:
+        out = self.metrics.status()
+        out["name"] = self.cfg.name
+        if self.outbound is not None:
+            out["nats_to_kafka"]["inflight"] = self.outbound.inflight()
+        if self.producer is not None:
+            out["nats_to_kafka"]["producer_queue"] = self.producer.in_queue()
+        return out
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.metrics.nats_up = self.mesh.nc.is_connected
+            self.metrics.tick()
+            if self.outbound is not None:
+                try:
+                    self.metrics.nats_to_kafka.lag = await self.outbound.lag()
+                except Exception as e:  # NATS down: lag unknown, health says why
+                    log.debug("lag: %s", e)
+            if self.metrics_file is not None:
+                tmp = self.metrics_file.with_suffix(".tmp")
+                tmp.write_text(self.metrics.prometheus(self.cfg.name))
+                os.replace(tmp, self.metrics_file)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._status_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._status_sub.unsubscribe()
+        if self.inbound is not None:
+            await self.inbound.close()
+        if self.outbound is not None:
+            await self.outbound.close()
+        if self.producer is not None:
+            await asyncio.to_thread(self.producer.close)
+        self._closed.set()

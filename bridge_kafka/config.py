@@ -1,0 +1,109 @@
+"""The bridge's configuration: a TOML file (`mesh bridge --config bridge.toml`).
+
+bootstrap = "127.0.0.1:9092"      # empty: the bridge is off
+name = "bridge-1"                 # consumer group, durable and origin are named from it
+
+[[inbound]]                       # Kafka -> NATS
+topics = ["tm.events"]
+format = "event"                  # the record value is a mesh Event (JSON)
+
+[[inbound]]
+topics = ["prices"]
+format = "foreign"                # any JSON object; the event is built from the record
+event_type = "PRICE_UPDATE"       # or event_type_from = "header:type" / "field:type"
+symbol_from = "key"               # "key", "header:<name>", "field:<name>" or ""
+account_from = ""
+
+[[outbound]]                      # NATS -> Kafka
+filters = ["tm.*.market.>"]
+topic = "tm.market"
+key = "symbol"                    # the record key: "symbol" or "account"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from bridge_kafka.errors import BridgeConfigError
+
+
+class InboundRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    topics: list[str]
+    format: Literal["event", "foreign"] = "event"
+    event_type: str = ""
+    event_type_from: str = ""
+    symbol_from: str = "key"
+    account_from: str = ""
+
+
+class OutboundRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    filters: list[str]
+    topic: str
+    key: Literal["symbol", "account"] = "symbol"
+
+
+class BridgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    bootstrap: str = ""
+    name: str = "bridge"
+    # Kafka -> NATS poison records go to this Kafka topic (the side they came from)...
+    dlq_topic: str = "tm.bridge.dlq"
+    # ...NATS -> Kafka poison events to this subject, stored in the bridge's own stream.
+    dlq_subject: str = "tmbridge.dlq"
+    max_record_bytes: int = 1_000_000
+    # Records taken from Kafka but not yet acked by JetStream (bounds memory).
+    max_inflight_in: int = 20_000
+    # JetStream deliveries not yet confirmed by Kafka (the consumer's max_ack_pending).
+    max_inflight_out: int = 20_000
+    # Extra librdkafka settings for both clients (e.g. security).
+    kafka: dict[str, str] = msgspec.field(default_factory=dict)
+    inbound: list[InboundRule] = msgspec.field(default_factory=list)
+    outbound: list[OutboundRule] = msgspec.field(default_factory=list)
+
+    @property
+    def group_id(self) -> str:
+        return f"tm-bridge-{self.name}"
+
+    @property
+    def durable(self) -> str:
+        return f"tm-bridge-{self.name}"
+
+    @property
+    def status_subject(self) -> str:
+        return status_subject(self.name)
+
+    def validate(self) -> BridgeConfig:
+        for r in self.inbound:
+            if r.format == "foreign" and not (r.event_type or r.event_type_from):
+                raise BridgeConfigError(
+                    f"inbound rule for {r.topics}: a foreign rule needs event_type or "
+                    "event_type_from"
+                )
+            for src in (r.event_type_from, r.symbol_from, r.account_from):
+                if src and src != "key" and not src.startswith(("header:", "field:")):
+                    raise BridgeConfigError(
+                        f"inbound rule for {r.topics}: {src!r} is not 'key', "
+                        "'header:<name>' or 'field:<name>'"
+                    )
+        return self
+
+
+def status_subject(name: str) -> str:
+    return f"tmbridge.status.{name}"
+
+
+def loads(text: str) -> BridgeConfig:
+    try:
+        return msgspec.convert(tomllib.loads(text), BridgeConfig).validate()
+    except (msgspec.ValidationError, tomllib.TOMLDecodeError) as e:
+        raise BridgeConfigError(f"bridge config: {e}") from e
+
+
+def load(path: str | Path) -> BridgeConfig:
+    try:
+        return loads(Path(path).read_text())
+    except OSError as e:
+        raise BridgeConfigError(f"bridge config {path}: {e}") from e

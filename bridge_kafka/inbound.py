@@ -1,0 +1,167 @@
+"""Kafka -> NATS.
+
+Batches come from the consumer thread in partition order and are handled one at a time:
+every record of a batch is mapped (or set aside as poison), poison is written to the
+dead-letter topic, the rest is published with every PubAck checked; only then are the
+batch's offsets committed. A failed publish is retried, the same batch, until it
+succeeds: a record is never skipped, so a committed offset always means "this record and
+every earlier one of its partition is in JetStream (or in the DLQ)". A crash before the
+commit redelivers the batch; its Nats-Msg-Ids make the second copy a duplicate that
+JetStream does not store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from confluent_kafka import Message, TopicPartition
+
+from bridge_kafka import mapping
+from bridge_kafka.config import BridgeConfig, InboundRule
+from bridge_kafka.errors import Poison
+from bridge_kafka.kafka_io import ConsumerThread, ProducerThread
+from bridge_kafka.metrics import Metrics
+from mesh.catalog import Catalog
+from mesh.client import Mesh
+from mesh.errors import MeshError
+
+log = logging.getLogger("bridge_kafka")
+
+
+class Inbound:
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        mesh: Mesh,
+        catalog: Catalog,
+        producer: ProducerThread,
+        metrics: Metrics,
+    ) -> None:
+        self.cfg = cfg
+        self.mesh = mesh
+        self.catalog = catalog
+        self.producer = producer
+        self.metrics = metrics
+        self.d = metrics.kafka_to_nats
+        self.rules: dict[str, InboundRule] = {t: r for r in cfg.inbound for t in r.topics}
+        self._queue: asyncio.Queue[list[Message]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.consumer: ConsumerThread | None = None
+        # DLQ delivery reports: opaque future per poison record.
+        self._max_bytes = min(cfg.max_record_bytes, mesh.nc._max_payload or cfg.max_record_bytes)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.consumer = ConsumerThread(
+            {"bootstrap.servers": self.cfg.bootstrap, "group.id": self.cfg.group_id}
+            | self.cfg.kafka,
+            sorted(self.rules),
+            loop,
+            self._on_batches,
+            self.cfg.max_inflight_in,
+            self.d,
+        )
+        self.consumer.start()
+        self._task = asyncio.create_task(self._run(), name="bridge-inbound")
+
+    def _on_batches(self, batches: list[list[Message]]) -> None:
+        for b in batches:
+            self._queue.put_nowait(b)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            # Take whatever else is waiting too: bigger publish batches, fewer commits.
+            while not self._queue.empty() and len(batch) < 20000:
+                batch.extend(self._queue.get_nowait())
+            await self._handle(batch)
+
+    async def _handle(self, batch: list[Message]) -> None:
+        d = self.d
+        d.received += len(batch)
+        items: list[tuple[str, bytes, bytes]] = []
+        poison: list[tuple[Message, Poison]] = []
+        next_offset: dict[tuple[str, int], int] = {}
+        for m in batch:
+            topic, part, off = m.topic(), m.partition(), m.offset()
+            next_offset[(topic, part)] = off + 1
+            headers = m.headers()
+            if mapping.came_from_nats(headers):
+                d.skipped_loop += 1  # it came from NATS: never sent back there
+                continue
+            try:
+                event = mapping.kafka_to_event(
+                    self.rules[topic],
+                    self.catalog,
+                    topic,
+                    part,
+                    off,
+                    m.key(),
+                    m.value(),
+                    headers,
+                    m.timestamp()[1],
+                    self._max_bytes,
+                )
+                item = mapping.event_to_nats(
+                    event, self.catalog, topic, part, off, headers, self._max_bytes
+                )
+                items.append((item.subject, item.headers, item.payload))
+            except Poison as p:
+                poison.append((m, p))
+        if poison:
+            await self._dead_letter(poison)
+        if items:
+            await self._publish(items)
+        d.delivered += len(items)
+        assert self.consumer is not None
+        self.consumer.done(
+            len(batch), [TopicPartition(t, p, o) for (t, p), o in next_offset.items()]
+        )
+
+    async def _publish(self, items: list[tuple[str, bytes, bytes]]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.mesh.publisher.publish_many(items)
+                self.metrics.nats_up = True
+                return
+            except MeshError as e:
+                # The same batch again, same Nats-Msg-Ids: what was stored is a duplicate.
+                self.d.error(str(e))
+                self.metrics.nats_up = self.mesh.nc.is_connected
+                log.warning("publish to JetStream failed (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _dead_letter(self, poison: list[tuple[Message, Poison]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            futures: list[asyncio.Future[None]] = []
+            for m, p in poison:
+                fut: asyncio.Future[None] = loop.create_future()
+                futures.append(fut)
+                headers = [
+                    *list(m.headers() or []),
+                    ("tm-dlq-reason", p.reason.encode()),
+                    ("tm-dlq-detail", p.detail[:500].encode()),
+                    ("tm-dlq-source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()),
+                    ("tm-dlq-at", str(time.time_ns()).encode()),
+                ]
+                value = m.value() or b""
+                if len(value) > self.cfg.max_record_bytes:
+                    value = value[: self.cfg.max_record_bytes // 2]  # kept for inspection
+                self.producer.produce(self.cfg.dlq_topic, m.key(), value, headers, fut)
+            errors = [e for e in await asyncio.gather(*futures, return_exceptions=True) if e]
+            if not errors:
+                self.d.dlq += len(poison)
+                return
+            self.d.error(f"dead-letter topic: {errors[0]}")
+            await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self.consumer:
+            await asyncio.to_thread(self.consumer.close)

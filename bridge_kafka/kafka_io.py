@@ -1,0 +1,257 @@
+"""librdkafka clients kept off the event loop.
+
+confluent-kafka's `poll`/`consume` block in C; calling them on the asyncio loop would
+stall every NATS read and ack. Each client gets one daemon thread that does nothing but
+poll it; results reach the loop in batches through `call_soon_threadsafe`, at most one
+pending wake-up at a time (a wake-up per record would cost more than the record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from bridge_kafka.metrics import Direction, Metrics
+
+log = logging.getLogger("bridge_kafka")
+
+
+def _quiet_logger() -> logging.Logger:
+    # librdkafka logs every refused connection to stderr; route it to Python logging.
+    return logging.getLogger("bridge_kafka.librdkafka")
+
+
+class _Wakeup:
+    """Items appended from a thread, drained on the loop by one scheduled callback."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, drain: Callable[[list[Any]], None]) -> None:
+        self._loop = loop
+        self._drain = drain
+        self._items: collections.deque[Any] = collections.deque()
+        self._pending = False
+        self._lock = threading.Lock()
+
+    def push(self, item: Any) -> None:
+        self._items.append(item)
+        with self._lock:
+            if self._pending:
+                return
+            self._pending = True
+        # RuntimeError: the loop is closed (shutting down); nothing is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            self._pending = False
+        items: list[Any] = []
+        pop = self._items.popleft
+        while self._items:
+            items.append(pop())
+        if items:
+            self._drain(items)
+
+
+class ProducerThread:
+    """An idempotent producer (acks=all) with a polling thread; delivery reports come back
+    on the loop as (opaque, error or None) through `on_reports`."""
+
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        on_reports: Callable[[list[tuple[Any, KafkaError | None]]], None],
+        metrics: Metrics,
+    ) -> None:
+        self.metrics = metrics
+        self._wake = _Wakeup(loop, on_reports)
+        self.producer = Producer(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                # 0 = never give up: a broker outage is waited out, in order, instead of
+                # failing records that would then need resending (and could reorder).
+                "message.timeout.ms": 0,
+                "linger.ms": 2,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 500000,
+                "compression.type": "lz4",
+                "statistics.interval.ms": 1000,
+                "stats_cb": self._on_stats,
+                "error_cb": self._on_error,
+                "logger": _quiet_logger(),
+            }
+            | conf
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kafka-producer", daemon=True)
+        self._thread.start()
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        opaque: Any,
+    ) -> None:
+        """Non-blocking; raises BufferError when librdkafka's queue is full."""
+        wake = self._wake
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            wake.push((opaque, err))
+
+        self.producer.produce(topic, value, key, headers=headers, on_delivery=report)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.metrics.kafka_up = False
+            self.metrics.kafka_detail = err.str()
+        log.warning("kafka producer: %s", err.str())
+
+    def _on_stats(self, raw: str) -> None:
+        stats = json.loads(raw)
+        up = any(
+            b.get("state") == "UP"
+            for b in stats.get("brokers", {}).values()
+            if b.get("nodeid", -1) >= 0
+        )
+        self.metrics.kafka_up = up
+        if not up:
+            self.metrics.kafka_detail = "no broker connection"
+
+    def in_queue(self) -> int:
+        return len(self.producer)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.producer.flush(timeout)
+        self._stop.set()
+        self._thread.join()
+
+
+Batch = list[Message]
+
+
+class ConsumerThread:
+    """A consumer-group member whose thread consumes batches, hands them to the loop, and
+    commits the offsets the loop says are done (all in this one thread: commits are never
+    issued concurrently with consume)."""
+
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        topics: list[str],
+        loop: asyncio.AbstractEventLoop,
+        on_batch: Callable[[list[Batch]], None],
+        max_inflight: int,
+        direction: Direction,
+    ) -> None:
+        self.direction = direction
+        self.topics = topics
+        self._wake = _Wakeup(loop, on_batch)
+        self._commits: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
+        self._inflight = 0
+        self._inflight_lock = threading.Condition()
+        self._max_inflight = max_inflight
+        self.consumer = Consumer(
+            {
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "statistics.interval.ms": 1000,
+                "stats_cb": self._on_stats,
+                "fetch.wait.max.ms": 5,
+                "logger": _quiet_logger(),
+            }
+            | conf
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
+
+    def start(self) -> None:
+        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
+        self._thread.start()
+
+    def done(self, n: int, offsets: list[TopicPartition]) -> None:
+        """From the loop: `n` records are finished; commit `offsets` (next to read)."""
+        if offsets:
+            self._commits.put(offsets)
+        with self._inflight_lock:
+            self._inflight -= n
+            self._inflight_lock.notify()
+
+    def _commit_pending(self, sync: bool = False) -> None:
+        merged: dict[tuple[str, int], int] = {}
+        while True:
+            try:
+                for tp in self._commits.get_nowait():
+                    k = (tp.topic, tp.partition)
+                    merged[k] = max(merged.get(k, 0), tp.offset)
+            except queue.Empty:
+                break
+        if merged:
+            tps = [TopicPartition(t, p, o) for (t, p), o in merged.items()]
+            try:
+                self.consumer.commit(offsets=tps, asynchronous=not sync)
+            except Exception as e:  # e.g. partitions no longer ours after a rebalance
+                log.warning("kafka commit: %s", e)
+
+    def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        # What is done so far is committed now; the rest is redelivered to the next owner
+        # and is a JetStream duplicate if it had been stored.
+        self._commit_pending(sync=True)
+
+    def _run(self) -> None:
+        c = self.consumer
+        while not self._stop.is_set():
+            self._commit_pending()
+            with self._inflight_lock:
+                if self._inflight >= self._max_inflight:
+                    # Backpressure: JetStream is slow or down. Waiting here (not in poll)
+                    # keeps records in Kafka, where they are safe.
+                    self._inflight_lock.wait(0.05)
+                    continue
+            msgs = c.consume(num_messages=min(5000, self._max_inflight), timeout=0.05)
+            if not msgs:
+                continue
+            good = []
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    good.append(m)
+                elif err.code() != KafkaError._PARTITION_EOF:
+                    self.direction.error(err.str())
+            if good:
+                with self._inflight_lock:
+                    self._inflight += len(good)
+                self._wake.push(good)
+        self._commit_pending(sync=True)
+
+    def _on_stats(self, raw: str) -> None:
+        stats = json.loads(raw)
+        lag: dict[str, int] = {}
+        for topic, t in stats.get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                if pid != "-1" and p.get("consumer_lag", -1) >= 0:
+                    lag[f"{topic}/{pid}"] = p["consumer_lag"]
+        self.direction.lag = lag
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.consumer.close()

@@ -1,0 +1,198 @@
+"""Mapping rules applied to one record: Kafka record -> NATS message, NATS event -> Kafka
+record. Pure functions (no I/O), so every rule is testable on its own.
+
+Headers that cross the bridge:
+* `tm-origin`: where an event entered the bridge ("nats" on Kafka records the bridge
+  produced, "kafka" on NATS messages it published). A record is never sent back to the
+  side named by its origin: that is the loop breaker for two-way setups.
+* correlation id and W3C `traceparent`/`tracestate`, both ways.
+* `Nats-Msg-Id`: the event id, or, for foreign records, an id derived from
+  topic/partition/offset; a redelivered record is then a JetStream duplicate, never a
+  second stored message.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from bridge_kafka.config import InboundRule, OutboundRule
+from bridge_kafka.errors import Poison
+from mesh import events as ev
+from mesh import subjects, wire
+from mesh.catalog import Catalog
+from mesh.errors import InvalidEvent, MalformedEvent, UnknownEventType
+from mesh.events import Event
+
+ORIGIN = "tm-origin"  # Kafka header name
+HDR_ORIGIN = "Tm-Origin"  # NATS header name
+HDR_KAFKA_POS = "Tm-Kafka-Pos"
+KAFKA_CORRELATION = "tm-correlation-id"
+KAFKA_EVENT_ID = "tm-event-id"
+KAFKA_EVENT_TYPE = "tm-event-type"
+KAFKA_NATS_POS = "tm-nats-pos"
+FROM_KAFKA = "kafka"
+FROM_NATS = "nats"
+
+# Foreign records get a stable event id from their position: the same record read twice
+# gets the same id (and so the same Nats-Msg-Id).
+_FOREIGN_NS = uuid.UUID("6f1c2a5e-7b0d-4c1e-9a43-5b8e0d2f9c17")
+
+KafkaHeaders = list[tuple[str, bytes]]
+_json = msgspec.json.Decoder(dict[str, Any])
+
+
+class NatsItem(msgspec.Struct):
+    """What the publisher sends: subject, header block, payload."""
+
+    subject: str
+    headers: bytes
+    payload: bytes
+
+
+def header(headers: KafkaHeaders | None, name: str) -> str | None:
+    if not headers:
+        return None
+    for k, v in headers:
+        if k == name:
+            return v.decode(errors="replace") if v is not None else ""
+    return None
+
+
+def came_from_nats(headers: KafkaHeaders | None) -> bool:
+    return header(headers, ORIGIN) == FROM_NATS
+
+
+def foreign_event_id(topic: str, partition: int, offset: int) -> str:
+    return str(uuid.uuid5(_FOREIGN_NS, f"{topic}/{partition}/{offset}"))
+
+
+def _pick(
+    src: str, key: bytes | None, headers: KafkaHeaders | None, body: dict[str, Any]
+) -> str | None:
+    if not src:
+        return None
+    if src == "key":
+        return key.decode(errors="replace") if key else None
+    kind, _, name = src.partition(":")
+    if kind == "header":
+        return header(headers, name)
+    value = body.get(name)
+    return None if value is None else str(value)
+
+
+def kafka_to_event(
+    rule: InboundRule,
+    catalog: Catalog,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: KafkaHeaders | None,
+    timestamp_ms: int,
+    max_bytes: int,
+) -> Event:
+    """The event a record stands for; raises Poison (with the reason) if it is none."""
+    if value is None:
+        raise Poison("empty", "the record has no value")
+    if len(value) > max_bytes:
+        raise Poison("too large", f"{len(value)} bytes > {max_bytes}")
+    if rule.format == "event":
+        try:
+            event = ev.decode(value)
+        except MalformedEvent as e:
+            raise Poison("not JSON" if not _is_json(value) else "not an event", str(e)) from e
+    else:
+        try:
+            body = _json.decode(value)
+        except msgspec.DecodeError as e:
+            raise Poison("not JSON", f"not a JSON object: {e}") from e
+        event_type = rule.event_type or _pick(rule.event_type_from, key, headers, body)
+        if not event_type:
+            raise Poison("unknown type", f"no event type at {rule.event_type_from!r}")
+        eid = foreign_event_id(topic, partition, offset)
+        event = Event(
+            event_type=event_type,
+            payload=body,
+            symbol=_pick(rule.symbol_from, key, headers, body),
+            account=_pick(rule.account_from, key, headers, body),
+            event_id=eid,
+            correlation_id=header(headers, KAFKA_CORRELATION) or eid,
+            timestamp=timestamp_ms * 1_000_000 if timestamp_ms > 0 else time.time_ns(),
+            source=f"kafka:{topic}",
+        )
+    return event
+
+
+def _is_json(value: bytes) -> bool:
+    try:
+        msgspec.json.decode(value)
+        return True
+    except msgspec.DecodeError:
+        return False
+
+
+def event_to_nats(
+    event: Event,
+    catalog: Catalog,
+    topic: str,
+    partition: int,
+    offset: int,
+    headers: KafkaHeaders | None,
+    max_bytes: int,
+) -> NatsItem:
+    """Subject, headers and payload for JetStream; raises Poison for an unknown type or an
+    invalid subject token."""
+    try:
+        subject, priority = subjects.route(catalog, event.event_type, event.symbol, event.account)
+    except UnknownEventType as e:
+        raise Poison("unknown type", str(e)) from e
+    except InvalidEvent as e:
+        raise Poison("invalid event", str(e)) from e
+    if event.priority is None:
+        event.priority = priority
+    elif event.priority != priority:
+        raise Poison(
+            "invalid event", f"priority {event.priority} but {event.event_type} is {priority}"
+        )
+    payload = ev.encode(event)
+    lines = [
+        f"{wire.HDR_MSG_ID}: {event.event_id}",
+        f"{wire.HDR_EVENT_TYPE}: {event.event_type}",
+        f"{wire.HDR_CORRELATION}: {event.correlation_id}",
+        f"{HDR_ORIGIN}: {FROM_KAFKA}",
+        f"{HDR_KAFKA_POS}: {topic}/{partition}/{offset}",
+    ]
+    if event.causation_id:
+        lines.append(f"{wire.HDR_CAUSATION}: {event.causation_id}")
+    for name in (wire.HDR_TRACEPARENT, wire.HDR_TRACESTATE):
+        value = header(headers, name)
+        if value:
+            lines.append(f"{name}: {value}")
+    block = ("NATS/1.0\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode()
+    if len(block) + len(payload) > max_bytes:
+        raise Poison("too large", f"{len(block) + len(payload)} bytes > {max_bytes}")
+    return NatsItem(subject, block, payload)
+
+
+def nats_to_kafka(
+    rule: OutboundRule, event: Event, nats_headers: Any, stream: str, seq: int
+) -> tuple[bytes | None, bytes, KafkaHeaders]:
+    """Key, value and headers of the Kafka record for one NATS event."""
+    key_value = event.symbol if rule.key == "symbol" else event.account
+    headers: KafkaHeaders = [
+        (ORIGIN, FROM_NATS.encode()),
+        (KAFKA_EVENT_ID, event.event_id.encode()),
+        (KAFKA_EVENT_TYPE, event.event_type.encode()),
+        (KAFKA_CORRELATION, event.correlation_id.encode()),
+        (KAFKA_NATS_POS, f"{stream}/{seq}".encode()),
+    ]
+    for name in (wire.HDR_TRACEPARENT, wire.HDR_TRACESTATE):
+        value = nats_headers.get(name)
+        if value:
+            headers.append((name, value.encode()))
+    return (key_value.encode() if key_value else None), ev.encode(event), headers

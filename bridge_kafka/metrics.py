@@ -1,0 +1,93 @@
+"""Counters of one bridge process, as a status dict (`mesh bridge status`) and as
+Prometheus text (`--metrics-file`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Direction:
+    received: int = 0  # records/deliveries taken from the source
+    delivered: int = 0  # confirmed by the destination (JetStream ack / Kafka delivery report)
+    skipped_loop: int = 0  # carried the destination's own origin: not sent back
+    dlq: int = 0
+    errors: int = 0
+    # Per partition (Kafka -> NATS: "topic/partition") or per consumer (NATS -> Kafka).
+    lag: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
+    _mark: tuple[float, int] = (0.0, 0)
+    rate: float = 0.0
+
+    def tick(self, now: float) -> None:
+        t0, n0 = self._mark
+        if t0:
+            self.rate = (self.delivered - n0) / max(now - t0, 1e-9)
+        self._mark = (now, self.delivered)
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        self.last_error = what
+
+
+@dataclass
+class Metrics:
+    kafka_to_nats: Direction = field(default_factory=Direction)
+    nats_to_kafka: Direction = field(default_factory=Direction)
+    kafka_up: bool = False
+    nats_up: bool = False
+    kafka_detail: str = "not connected yet"
+    started: float = field(default_factory=time.time)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.kafka_to_nats.tick(now)
+        self.nats_to_kafka.tick(now)
+
+    def health(self) -> dict[str, Any]:
+        down = [side for side, up in (("kafka", self.kafka_up), ("nats", self.nats_up)) if not up]
+        return {
+            "status": "ok" if not down else "degraded",
+            "down": down,
+            "kafka": "up" if self.kafka_up else f"down: {self.kafka_detail}",
+            "nats": "up" if self.nats_up else "down",
+        }
+
+    def status(self) -> dict[str, Any]:
+        def one(d: Direction) -> dict[str, Any]:
+            return {
+                "received": d.received,
+                "delivered": d.delivered,
+                "per_s": round(d.rate, 1),
+                "skipped_loop": d.skipped_loop,
+                "dlq": d.dlq,
+                "errors": d.errors,
+                "last_error": d.last_error,
+                "lag": dict(d.lag),
+                "lag_total": sum(d.lag.values()),
+            }
+
+        return {
+            "health": self.health(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "kafka_to_nats": one(self.kafka_to_nats),
+            "nats_to_kafka": one(self.nats_to_kafka),
+        }
+
+    def prometheus(self, bridge: str) -> str:
+        out: list[str] = []
+        for direction, d in (
+            ("kafka_to_nats", self.kafka_to_nats),
+            ("nats_to_kafka", self.nats_to_kafka),
+        ):
+            base = f'bridge="{bridge}",direction="{direction}"'
+            for name in ("received", "delivered", "skipped_loop", "dlq", "errors"):
+                out.append(f"tm_bridge_{name}_total{{{base}}} {getattr(d, name)}")
+            out.append(f"tm_bridge_rate_per_s{{{base}}} {d.rate:.1f}")
+            for where, lag in sorted(d.lag.items()):
+                out.append(f'tm_bridge_lag{{{base},at="{where}"}} {lag}')
+        for side, up in (("kafka", self.kafka_up), ("nats", self.nats_up)):
+            out.append(f'tm_bridge_up{{bridge="{bridge}",side="{side}"}} {int(up)}')
+        return "\n".join(out) + "\n"

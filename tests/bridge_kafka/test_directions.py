@@ -1,0 +1,41 @@
+"""Both directions deliver, with headers across and per-key order."""
+
+from __future__ import annotations
+
+from bridge_kafka.bridge import Bridge
+from bridge_kafka.broker import KafkaBroker
+from mesh.client import Mesh
+from mesh.events import Event, decode
+from mesh.subscriber import Start
+from tests.bridge_kafka.kafka_helpers import produce_events, read_topic
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_kafka_to_nats_delivers_with_ids_and_headers(
+    bridge: Bridge, mesh: Mesh, kafka: KafkaBroker, topics: dict[str, str], tag: str
+) -> None:
+    events = [
+        Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}, correlation_id=f"c{i}")
+        for i in range(50)
+    ]
+    async with mesh.subscribe(f"tm.*.*.*.{tag}.>", start=Start.all()) as sub:
+        await produce_events(kafka.bootstrap, topics["in"], events)
+        got = [await sub.next(30) for _ in events]
+    assert [d.event.payload["i"] for d in got] == list(range(50))
+    assert [d.headers["Nats-Msg-Id"] for d in got] == [e.event_id for e in events]
+    assert got[3].headers["Tm-Correlation-Id"] == "c3"
+    assert got[0].headers["Tm-Origin"] == "kafka"
+
+
+async def test_nats_to_kafka_delivers_keyed_by_symbol(
+    bridge: Bridge, mesh: Mesh, kafka: KafkaBroker, topics: dict[str, str], tag: str
+) -> None:
+    events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(50)]
+    await mesh.publish_many(events)
+    records = await read_topic(kafka.bootstrap, topics["out"], 50)
+    assert [decode(r.value()).event_id for r in records] == [e.event_id for e in events]
+    assert {r.key() for r in records} == {tag.encode()}
+    h = dict(records[0].headers())
+    assert h["tm-origin"] == b"nats"
+    assert h["tm-correlation-id"] == events[0].correlation_id.encode()
