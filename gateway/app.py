@@ -1,0 +1,179 @@
+"""The gateway process: a Quart app (WebSocket `/ws`, `/healthz`, `/metrics`, `/`) around
+one `Gateway` holding what sessions share: the NATS connection, the shared subscriptions,
+the verifier, permissions, limits and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, Response, websocket
+
+from gateway import errors as E
+from gateway import permissions as perm
+from gateway import protocol
+from gateway.auth import Verifier, token_from
+from gateway.config import GatewaySettings
+from gateway.fanout import Hub
+from gateway.limits import Buckets
+from gateway.metrics import Metrics
+from gateway.session import Session
+from mesh import jsapi
+from mesh.catalog import Catalog
+from mesh.client import Mesh
+
+log = logging.getLogger("gateway")
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, mesh: Mesh, catalog: Catalog) -> None:
+        self.settings = settings
+        self.mesh = mesh
+        self.catalog = catalog
+        self.verifier = Verifier(settings.auth)
+        self.permissions = perm.Permissions(perm.load(settings.permissions_file), catalog)
+        self.hub = Hub(mesh, catalog)
+        self.metrics = Metrics()
+        self.metrics.groups = lambda: len(self.hub.groups)
+        self.metrics.queue_depth = self._queue_depth
+        lim = settings.limits
+        self.op_buckets = Buckets(lim.ops_per_s, lim.ops_burst)
+        self.ip_buckets = Buckets(lim.connects_per_s_per_ip, lim.connect_burst_per_ip)
+        self.user_conns: Counter[str] = Counter()
+        self.sessions: set[Session] = set()
+        self.draining = False
+        self._nats_ok = True
+        self._ticker: asyncio.Task[None] | None = None
+        self._empty = asyncio.Event()
+
+    def _queue_depth(self) -> dict[str, int]:
+        out = {"market": 0, "must": 0}
+        for s in self.sessions:
+            out["market"] += s.market_n
+            out["must"] += s.must_n
+        return out
+
+    def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now, wall = time.monotonic(), time.time()
+            ok = self.mesh.nc.is_connected
+            if ok != self._nats_ok:
+                self._nats_ok = ok
+                frame = protocol.status("ok" if ok else "degraded",
+                                        dependency="nats", connected=ok)
+                for s in self.sessions:
+                    s.send_control(frame)
+            for s in list(self.sessions):
+                s.tick(now, wall)
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        nc = self.mesh.nc
+        body: dict[str, Any] = {"nats": "ok" if nc.is_connected else "down"}
+        if nc.is_connected:
+            try:
+                await asyncio.wait_for(jsapi.call(nc, "$JS.API.INFO"), 2.0)
+                body["jetstream"] = "ok"
+            except Exception as e:
+                body["jetstream"] = f"down: {e}"
+        else:
+            body["jetstream"] = "unknown (nats down)"
+        body["draining"] = self.draining
+        body["connections"] = len(self.sessions)
+        body["shared_subscriptions"] = len(self.hub.groups)
+        ok = body["nats"] == "ok" and body["jetstream"] == "ok" and not self.draining
+        return ok, body
+
+    async def serve_ws(self, ws: Any) -> None:
+        ip = ws.remote_addr or "?"
+        token, subprotocol = token_from(ws.headers, ws.args, list(ws.requested_subprotocols))
+        await ws.accept(subprotocol=subprotocol)
+        try:
+            if self.draining:
+                raise E.GatewayError(E.DRAINING, "draining: connect to another instance")
+            if not self.ip_buckets.take(ip):
+                raise E.GatewayError(E.CONNECT_RATE, "too many connection attempts from your "
+                                     "address: retry with backoff")
+            principal = self.verifier.verify(token)
+            lim = self.settings.limits
+            if self.user_conns[principal.user] >= lim.max_connections_per_user:
+                raise E.GatewayError(E.TOO_MANY_CONNECTIONS, "at most "
+                                     f"{lim.max_connections_per_user} connections per user")
+        except E.GatewayError as e:
+            self.metrics.rejected[str(e.code)] += 1
+            await ws.close(e.code, e.reason)
+            return
+        session = Session(self, ws, principal, ip)
+        self.sessions.add(session)
+        self.user_conns[principal.user] += 1
+        self.metrics.connections = len(self.sessions)
+        self.metrics.connections_total += 1
+        session.send_control(protocol.status(
+            "connected", user=principal.user, roles=list(principal.roles),
+            expires=principal.expires, instance=self.settings.instance))
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self.user_conns[principal.user] -= 1
+            if self.user_conns[principal.user] <= 0:
+                del self.user_conns[principal.user]
+            self.metrics.connections = len(self.sessions)
+            if not self.sessions:
+                self._empty.set()
+            self.metrics.disconnects[str(session.close_code or "client")] += 1
+
+    async def drain(self) -> None:
+        """Tell every client to reconnect elsewhere with its resume point, then close."""
+        self.draining = True
+        for s in list(self.sessions):
+            s.send_control(protocol.status("draining", resume=s.resume_point(),
+                                           reconnect=True))
+            s.fail(E.DRAINING, "draining: reconnect with your resume point")
+        if self.sessions:
+            self._empty.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), self.settings.drain_timeout_s)
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.hub.close()
+
+
+def create_app(gw: Gateway) -> Quart:
+    app = Quart(__name__, static_folder=None)
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        await gw.serve_ws(websocket._get_current_object())  # type: ignore[attr-defined]
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        ok, body = await gw.health()
+        return Response(protocol._enc.encode(body), status=200 if ok else 503,
+                        content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.get("/")
+    async def index() -> Response:
+        page = STATIC / "index.html"
+        if not page.exists():
+            return Response("no page", status=404)
+        return Response(page.read_text(), content_type="text/html; charset=utf-8")
+
+    return app

@@ -1,0 +1,85 @@
+"""Serving: Hypercorn in this process (no worker fork), TLS 1.3 only when a certificate is
+configured, SO_REUSEPORT so several gateway processes can share one port, and a SIGTERM
+that drains (clients are told to reconnect with their resume point) before exiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import ssl
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from gateway.app import Gateway, create_app
+from gateway.config import GatewaySettings
+from mesh.catalog import Catalog
+from mesh.client import Mesh
+
+log = logging.getLogger("gateway.server")
+
+
+class _Config(Config):
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        ctx = super().create_ssl_context()
+        if ctx is not None:
+            # Hypercorn allows TLS 1.2; a trading gateway serves 1.3 only.
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        return ctx
+
+
+def bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    s.listen(4096)
+    s.set_inheritable(True)
+    return s
+
+
+def hypercorn_config(settings: GatewaySettings, sock: socket.socket) -> Config:
+    cfg = _Config()
+    cfg.bind = [f"fd://{sock.fileno()}"]
+    cfg.websocket_max_message_size = settings.limits.hard_frame_bytes
+    cfg.keep_alive_timeout = 30
+    cfg.accesslog = None
+    if settings.tls.cert_file:
+        cfg.certfile = settings.tls.cert_file
+        cfg.keyfile = settings.tls.key_file
+    return cfg
+
+
+async def run(settings: GatewaySettings, mesh: Mesh, catalog: Catalog,
+              ready: asyncio.Event | None = None) -> int:
+    sock = bound_socket(settings.host, settings.port, settings.reuse_port)
+    gw = Gateway(settings, mesh, catalog)
+    app = create_app(gw)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def drain_then_stop() -> None:
+        log.warning("SIGTERM: draining %d sessions", len(gw.sessions))
+        await gw.drain()
+        stop.set()
+
+    draining: list[asyncio.Task[None]] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: draining.append(loop.create_task(drain_then_stop())))
+    gw.start()
+    port = sock.getsockname()[1]
+    print(f"gateway listening on {'wss' if settings.tls.cert_file else 'ws'}://"
+          f"{settings.host}:{port}/ws", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await serve(app, hypercorn_config(settings, sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    finally:
+        await gw.close()
+        with contextlib.suppress(OSError):
+            sock.close()
+    return 0

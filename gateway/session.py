@@ -1,0 +1,426 @@
+"""One WebSocket connection: its subscriptions, its priority-aware send queue, its writer.
+
+Queue: one lane per priority (critical first). Each lane is an OrderedDict so that, once
+a session falls behind (`conflate_after` market events queued), a market event replaces
+the queued one of the same (pattern, type, symbol): it is removed and the new one goes
+to the end, marked conflated, which keeps stream order within a lane. Must-deliver events
+(critical, orders, portfolio, notifications) are never dropped: if more than `max_must`
+wait, or the socket accepts nothing for `deliver_within_s` while they wait, the session is
+closed with 4008 and the client resumes from its last sequences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway import errors as E
+from gateway import history, protocol
+from gateway.auth import Principal
+from gateway.errors import RequestError
+from gateway.fanout import Member, Out
+from gateway.permissions import Interest
+from mesh import filters, subjects
+from mesh.catalog import Priority
+from mesh.errors import FilterError, MalformedEvent
+from mesh.events import decode
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("gateway.session")
+PRIORITIES = list(Priority)
+
+
+class SubState:
+    __slots__ = ("id", "initial", "member", "pattern", "task")
+
+    def __init__(self, id: str, pattern: str, member: Member) -> None:
+        self.id = id
+        self.pattern = pattern
+        self.member = member
+        self.initial: dict[str, int] = {}
+        self.task: asyncio.Task[None] | None = None
+
+
+class Session:
+    def __init__(self, gw: Gateway, ws: Any, principal: Principal, ip: str) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.principal = principal
+        self.ip = ip
+        q = gw.settings.queues
+        self._conflate_after = q.conflate_after
+        self._max_market = q.max_market
+        self._max_must = q.max_must
+        self._max_batch = q.max_batch
+        self._max_bytes = q.max_batch_bytes
+        self.lanes: list[OrderedDict[Any, tuple[Out, bool]]] = [OrderedDict() for _ in Priority]
+        self.control: deque[str] = deque()
+        self.market_n = 0
+        self.must_n = 0
+        self._n = 0
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.sent: dict[tuple[str, str], int] = {}
+        self.subs: dict[str, SubState] = {}
+        self.last_in = time.monotonic()
+        self.last_hb = self.last_in
+        self.sending_since: float | None = None
+        self.conflated = 0
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.done = asyncio.Event()
+
+    # -- queueing (called by groups, synchronously) ---------------------------------------
+
+    def enqueue(self, out: Out) -> None:
+        if self.close_code is not None:
+            return
+        lane = self.lanes[out.rank]
+        if out.must:
+            if self.must_n >= self._max_must:
+                self.fail(E.SLOW_CONSUMER, "slow consumer: critical/order events queued beyond "
+                          "bounds; reconnect and resume from your last sequences")
+                return
+            self._n += 1
+            lane[self._n] = (out, False)
+            self.must_n += 1
+        elif self.market_n >= self._conflate_after:
+            old = lane.pop(out.ckey, None)
+            lane[out.ckey] = (out, old is not None)
+            if old is not None:
+                self.conflated += 1
+                self.gw.metrics.conflated += 1
+            else:
+                self.market_n += 1
+                if self.market_n > self._max_market:
+                    self._drop_oldest_market(lane)
+        else:
+            self._n += 1
+            lane[self._n] = (out, False)
+            self.market_n += 1
+        self.ready.set()
+
+    def _drop_oldest_market(self, lane: OrderedDict[Any, tuple[Out, bool]]) -> None:
+        for k, (o, _) in lane.items():
+            if not o.must:
+                del lane[k]
+                self.market_n -= 1
+                self.gw.metrics.dropped_market += 1
+                self.gw.metrics.conflated += 1
+                return
+
+    def send_control(self, frame: str) -> None:
+        self.control.append(frame)
+        self.ready.set()
+
+    def error(self, code: str, message: str, id: str | None = None) -> None:
+        self.gw.metrics.errors[code] += 1
+        self.send_control(protocol.error(code, message, id))
+
+    def queued(self) -> int:
+        return self.market_n + self.must_n
+
+    def fail(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.done.set()
+
+    # -- writer ---------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        ws = self.ws
+        metrics = self.gw.metrics
+        events_out = metrics.events_out
+        sent = self.sent
+        lanes = self.lanes
+        while True:
+            await self.ready.wait()
+            if self.control:
+                frame = self.control.popleft()
+                if not self.control and not self.queued():
+                    self.ready.clear()
+                await self._send(ws, frame)
+                continue
+            frames: list[str] = []
+            size = 0
+            first: Out | None = None
+            counts = [0, 0, 0, 0]
+            for rank, lane in enumerate(lanes):
+                while lane and len(frames) < self._max_batch and size < self._max_bytes:
+                    _, (out, conflated) = lane.popitem(last=False)
+                    f = out.conflated_frame() if conflated else out.frame
+                    frames.append(f)
+                    size += len(f)
+                    counts[rank] += 1
+                    sent[out.pkey] = out.seq
+                    if out.must:
+                        self.must_n -= 1
+                    else:
+                        self.market_n -= 1
+                    if first is None:
+                        first = out
+            if not self.queued() and not self.control:
+                self.ready.clear()
+            if not frames:
+                continue
+            if first is not None:
+                metrics.age(first.priority, (time.time_ns() - first.ts) / 1e6)
+            await self._send(ws, frames[0] if len(frames) == 1 else protocol.batch(frames))
+            for rank, n in enumerate(counts):
+                if n:
+                    events_out[PRIORITIES[rank].value] += n
+            if self.queued() < self._max_must // 4:
+                self.room.set()
+
+    async def _send(self, ws: Any, frame: str) -> None:
+        self.sending_since = time.monotonic()
+        await ws.send(frame)
+        self.sending_since = None
+        self.gw.metrics.frames_out += 1
+
+    # -- reader ---------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        lim = self.gw.settings.limits
+        while True:
+            msg = await self.ws.receive()
+            self.last_in = time.monotonic()
+            if isinstance(msg, bytes):
+                self.error("binary_frame", "binary frames are not supported: send JSON text")
+                continue
+            if len(msg) > lim.max_frame_bytes:
+                self.error("frame_too_large", f"frames are limited to {lim.max_frame_bytes} bytes")
+                continue
+            if not self.gw.op_buckets.take(self.principal.user):
+                self.error("rate_limited", f"more than {lim.ops_per_s:g} operations/s: slow down")
+                continue
+            try:
+                op = protocol.decode_op(msg)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                self.error("malformed", f"not a valid operation: {e}")
+                continue
+            try:
+                await self._handle(op)
+            except RequestError as e:
+                self.error(e.code, e.message, getattr(op, "id", None))
+
+    async def _handle(self, op: protocol.Op) -> None:
+        if isinstance(op, protocol.Ping):
+            self.send_control(protocol.pong(op.id))
+        elif isinstance(op, protocol.Pong):
+            pass
+        elif isinstance(op, protocol.Subscribe):
+            await self.subscribe(op)
+        elif isinstance(op, protocol.Unsubscribe):
+            st = self.subs.get(op.id)
+            if st is None:
+                raise RequestError("unknown_subscription", f"no subscription {op.id!r}")
+            await self._drop(st)
+            self.send_control(protocol.status("unsubscribed", id=op.id))
+        elif isinstance(op, protocol.Refresh):
+            await self.refresh(op.token)
+
+    # -- operations -----------------------------------------------------------------------
+
+    def _interest(self, op: protocol.Subscribe) -> Interest:
+        perms = self.gw.permissions
+        fields = {"priority": op.priority, "domain": op.domain, "event_type": op.event_type,
+                  "symbol": op.symbol, "account": op.account}
+        if op.channel is not None:
+            if op.subject is not None:
+                raise RequestError("invalid", "give a channel or a subject, not both")
+            return perms.from_channel(self.principal, op.channel, fields)
+        if op.subject is not None:
+            if any(v is not None for v in fields.values()):
+                raise RequestError("invalid", "give a subject or fields, not both")
+            return perms.from_subject(op.subject)
+        return perms.from_fields(fields)
+
+    async def subscribe(self, op: protocol.Subscribe) -> None:
+        lim = self.gw.settings.limits
+        if not op.id or len(op.id) > 64:
+            raise RequestError("invalid", "id: 1 to 64 characters")
+        if op.id in self.subs:
+            raise RequestError("duplicate_id", f"subscription {op.id!r} exists")
+        if len(self.subs) >= lim.max_subscriptions:
+            raise RequestError("too_many_subscriptions",
+                               f"at most {lim.max_subscriptions} subscriptions per connection")
+        interest = self._interest(op)
+        perms = self.gw.permissions
+        if not perms.allowed(self.principal, interest):
+            raise RequestError("forbidden", f"roles {list(self.principal.roles)} may not "
+                               f"subscribe to {interest.pattern()}")
+        match = None
+        if op.filter is not None:
+            try:
+                match = filters.compile(filters.from_json(op.filter))
+            except FilterError as e:
+                raise RequestError("invalid_filter", str(e)) from None
+        start_time = None
+        if op.from_time is not None:
+            if not perms.may_replay(self.principal):
+                raise RequestError("forbidden", "from_time needs a role with replay")
+            try:
+                start_time = datetime.fromisoformat(op.from_time)
+            except ValueError:
+                raise RequestError("invalid", "from_time: ISO 8601") from None
+        pattern = interest.pattern()
+        streams = [p.stream for p in subjects.priorities_of(pattern)]
+        nc = self.gw.mesh.nc
+        member = Member(self, op.id, match)
+        member.buffer = []  # until the floor is known (and anything missed is replayed)
+        st = SubState(op.id, pattern, member)
+        self.subs[op.id] = st
+        try:
+            await self.gw.hub.join(pattern, member)
+            positions = {s: await history.last_seq(nc, s) for s in streams}
+        except Exception as e:
+            await self._drop(st)
+            raise RequestError("unavailable", f"event store unavailable: {e}") from None
+        st.initial = positions
+        resume = {s: v for s, v in (op.resume or {}).items() if s in positions}
+        if resume and not perms.may_replay(self.principal):
+            behind = sum(max(0, positions[s] - v) for s, v in resume.items())
+            if behind > lim.max_resume_events:
+                await self._drop(st)
+                raise RequestError("resume_too_old", f"{behind} events behind (limit "
+                                   f"{lim.max_resume_events}): subscribe with snapshot")
+        self.send_control(protocol.status("subscribed", id=op.id, pattern=pattern,
+                                          positions=positions))
+        if not resume and start_time is None and not op.snapshot:
+            member.floor = positions
+            member.go_live()
+            return
+        st.task = asyncio.create_task(
+            self._prelive(st, positions, resume, start_time, op.snapshot and not resume)
+        )
+
+    async def _prelive(self, st: SubState, positions: dict[str, int], resume: dict[str, int],
+                       start_time: datetime | None, snapshot: bool) -> None:
+        """Snapshot and/or replay what was missed, then let buffered live events through."""
+        nc = self.gw.mesh.nc
+        member = st.member
+        floor = dict(positions)
+        replayed = 0
+        try:
+            for stream in positions:
+                prio = Priority(stream[3:].lower())
+                if snapshot:
+                    async for seq, data in history.last_per_subject(nc, stream, st.pattern):
+                        self._replay_one(st, stream, seq, data, prio, snapshot=True)
+                if stream in resume or start_time is not None:
+                    after = resume.get(stream) if start_time is None else None
+                    async for seq, data in history.since(nc, stream, st.pattern,
+                                                         after_seq=after, start_time=start_time):
+                        floor[stream] = max(floor[stream], seq)
+                        if self._replay_one(st, stream, seq, data, prio, snapshot=False):
+                            replayed += 1
+                        if self.queued() > self._max_must // 2:
+                            self.room.clear()
+                            await self.room.wait()
+        except Exception as e:
+            log.warning("replay of %s failed: %r", st.pattern, e)
+            self.fail(E.SLOW_CONSUMER, f"replay failed ({e}); reconnect and resume")
+            return
+        member.floor = floor
+        member.go_live()
+        self.send_control(protocol.status("live", id=st.id, replayed=replayed))
+
+    def _replay_one(self, st: SubState, stream: str, seq: int, data: bytes, prio: Priority,
+                    snapshot: bool) -> bool:
+        try:
+            event = decode(data)
+        except MalformedEvent:
+            return False
+        m = st.member.match
+        if m is not None and not m(event, None):
+            return False
+        try:
+            domain = self.gw.catalog.spec(event.event_type).domain
+        except Exception:
+            domain = ""
+        frame = protocol.event_frame(st.pattern, stream, seq, event)
+        if snapshot:
+            frame = protocol.mark_snapshot(frame)
+        self.enqueue(Out(st.pattern, stream, seq, event, prio, domain, frame))
+        return True
+
+    async def refresh(self, token: str) -> None:
+        try:
+            p = self.gw.verifier.verify(token)
+        except E.AuthError as e:
+            raise RequestError("refresh_refused", f"{e.reason} (close code {e.code})") from None
+        if p.user != self.principal.user:
+            raise RequestError("refresh_refused", "token is for another user")
+        self.principal = p
+        for st in list(self.subs.values()):
+            interest = self.gw.permissions.from_subject(".".join(st.pattern.split(".")[:6]))
+            if not self.gw.permissions.allowed(p, interest):
+                await self._drop(st)
+                self.send_control(protocol.status("revoked", id=st.id))
+        self.send_control(protocol.status("refreshed", expires=p.expires))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def tick(self, now: float, wall: float) -> None:
+        """Called about once a second by the gateway: heartbeats and the bounds."""
+        s = self.gw.settings
+        if wall >= self.principal.expires:
+            self.fail(E.EXPIRED, "token expired: reconnect (or refresh before expiry)")
+        elif now - self.last_in > s.idle_timeout_s:
+            self.fail(E.IDLE_TIMEOUT, f"no frame from the client for {s.idle_timeout_s:g}s")
+        elif (self.must_n and self.sending_since is not None
+              and now - self.sending_since > s.queues.deliver_within_s):
+            self.fail(E.SLOW_CONSUMER, "slow consumer: critical/order events not delivered in "
+                      f"{s.queues.deliver_within_s:g}s; reconnect and resume")
+        elif now - self.last_hb >= s.heartbeat_s:
+            self.last_hb = now
+            self.send_control(protocol.heartbeat())
+
+    def resume_point(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for st in self.subs.values():
+            pos = {s: max(v, self.sent.get((st.pattern, s), 0)) for s, v in st.initial.items()}
+            out[st.id] = {"pattern": st.pattern, "positions": pos}
+        return out
+
+    async def _drop(self, st: SubState) -> None:
+        self.subs.pop(st.id, None)
+        if st.task is not None:
+            st.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await st.task
+        await self.gw.hub.leave(st.pattern, st.member)
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._writer()),
+                 asyncio.create_task(self.done.wait())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    log.debug("session ended: %r", t.exception())
+        finally:
+            for t in tasks:
+                t.cancel()
+            for st in list(self.subs.values()):
+                with contextlib.suppress(Exception):
+                    await self._drop(st)
+            for lane in self.lanes:
+                lane.clear()
+            self.control.clear()
+            self.market_n = self.must_n = 0
+        if self.close_code is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(self.close_code, self.close_reason), 1.0)
