@@ -154,6 +154,9 @@ class KafkaBroker:
             # A consumer group forms at once instead of after 3 s.
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
+            # Room above the bridge's own record limit, so an oversized event reaches the
+            # bridge and is dead-lettered with its reason instead of refused at produce.
+            "message.max.bytes": "4194304",
             "log.flush.interval.messages": "9223372036854775807",
         } | self.extra
         return "".join(f"{k}={v}\n" for k, v in props.items())

@@ -4,16 +4,27 @@ fixtures' real nats-server. The jars are fetched through Maven on first use."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+from nats.aio.client import Client
 
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker, create_topics
-from bridge_kafka.config import BridgeConfig
+from bridge_kafka.config import BridgeConfig, status_subject
 from mesh.client import Mesh
 from mesh.server import NatsServer
+from tests.helpers import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +55,6 @@ def bridge_config(
         "inbound": [{"topics": [topics["in"]], "format": "event"}],
         "outbound": [{"filters": [f"tm.*.*.*.{tag}.>"], "topic": topics["out"]}],
     }
-    import msgspec
-
     return msgspec.convert(base | extra, BridgeConfig).validate()
 
 
@@ -60,3 +69,99 @@ async def bridge(
         yield b
 
 
+class BridgeProcess:
+    """`mesh bridge run` as a separate process, to be SIGKILLed and restarted."""
+
+    def __init__(self, cfg: BridgeConfig, nats_url: str, workdir: Path) -> None:
+        self.cfg = cfg
+        self.nats_url = nats_url
+        self.file = workdir / f"{cfg.name}.toml"
+        self.file.write_text(_to_toml(cfg))
+        self.log = workdir / f"{cfg.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "node.cli",
+                "--url",
+                self.nats_url,
+                "bridge",
+                "run",
+                "-f",
+                str(self.file),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        log.close()
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.spawn()
+        await eventually(
+            lambda: b"running" in self.log.read_bytes(), timeout, "the bridge process to start"
+        )
+
+    async def status(self, nc: Client) -> dict[str, Any]:
+        msg = await nc.request(status_subject(self.cfg.name), b"", timeout=2.0)
+        out: dict[str, Any] = json.loads(msg.data)
+        return out
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _to_toml(cfg: BridgeConfig) -> str:
+    def val(v: object) -> str:
+        return json.dumps(v)
+
+    lines = [
+        f"{k} = {val(getattr(cfg, k))}"
+        for k in (
+            "bootstrap",
+            "name",
+            "dlq_topic",
+            "dlq_subject",
+            "max_record_bytes",
+            "max_inflight_in",
+            "max_inflight_out",
+        )
+    ]
+    for r in cfg.inbound:
+        lines.append("[[inbound]]")
+        lines += [f"{k} = {val(v)}" for k, v in msgspec.structs.asdict(r).items()]
+    for o in cfg.outbound:
+        lines.append("[[outbound]]")
+        lines += [f"{k} = {val(v)}" for k, v in msgspec.structs.asdict(o).items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def bridge_process(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
+    made: list[BridgeProcess] = []
+
+    def make(cfg: BridgeConfig) -> BridgeProcess:
+        p = BridgeProcess(cfg, nats_server.url, tmp_path)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()

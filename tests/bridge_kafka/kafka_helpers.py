@@ -19,7 +19,14 @@ def produce(
     topic: str,
     records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]],
 ) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "message.max.bytes": 4_000_000,
+        }
+    )
     for key, value, headers in records:
         while True:
             try:
