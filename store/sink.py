@@ -35,6 +35,7 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js import api
 
+from mesh import jsapi
 from mesh.catalog import Priority
 from mesh.errors import MalformedEvent
 from mesh.events import decode
@@ -152,16 +153,29 @@ class StreamSink:
     # -- JetStream side --------------------------------------------------------------------
 
     async def _subscribe(self) -> object:
-        js = self.nc.jetstream()
+        """(Re)create the durable consumer to start right after the table's high-water mark.
+
+        The table, not the consumer, is the cursor: a killed sink leaves messages delivered
+        but unacked, which JetStream would only redeliver after ack_wait, and an AckAll ack
+        of a later message in the meantime would acknowledge them unseen. Recreating the
+        consumer at `max(seq) + 1` makes the next delivery exactly the first missing event.
+        """
+        with contextlib.suppress(jsapi.JetStreamApiError):
+            await jsapi.call(self.nc, f"$JS.API.CONSUMER.DELETE.{self.stream}.{self.durable}", {})
+        start: dict[str, object] = (
+            {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._seen + 1}
+            if self._seen > 0 else {"deliver_policy": api.DeliverPolicy.ALL}
+        )
         config = api.ConsumerConfig(
             durable_name=self.durable,
-            deliver_policy=api.DeliverPolicy.ALL,
             ack_policy=api.AckPolicy.ALL,
             ack_wait=120,
             max_deliver=-1,
             max_ack_pending=max(4 * self.cfg.batch_rows, 10_000),
             max_waiting=16,
+            **start,  # type: ignore[arg-type]
         )
+        js = self.nc.jetstream()
         return await js.pull_subscribe(
             "", durable=self.durable, stream=self.stream, config=config,
             pending_msgs_limit=4 * self.cfg.batch_rows + 10_000,

@@ -1,0 +1,160 @@
+"""Faults: a SIGKILLed sink and an unreachable ClickHouse lose nothing and duplicate nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from mesh import jsapi
+from mesh.client import Mesh, connect_nats
+from mesh.events import Event
+from mesh.server import NatsServer, free_port
+from store import db
+from store.config import StoreConfig
+from store.sink import STREAMS, Sink
+from tests.helpers import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_store(url: str, path: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "--url", url, "store", "--target", str(path),
+         "--http", f"127.0.0.1:{port}", "--batch-rows", "3000", "--batch-ms", "300"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+async def stream_last_seqs(url: str) -> dict[str, int]:
+    nc = await connect_nats(url)
+    try:
+        out = {}
+        for s in STREAMS:
+            info = await jsapi.stream_info(nc, s)
+            assert info is not None
+            out[s] = int(info["state"]["last_seq"])
+        return out
+    finally:
+        await nc.close()
+
+
+def table_state(c: Client) -> dict[str, tuple[int, int, int]]:
+    rows = c.query("SELECT stream, count(), uniqExact(seq), max(seq) FROM audit.events "
+                   "GROUP BY stream").result_rows
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_batch_then_restart_leaves_table_equal_to_stream(
+    fresh_server: NatsServer, tmp_path: Path, tag: str
+) -> None:
+    port = free_port()
+    proc = start_store(fresh_server.url, tmp_path / "ch", port)
+    auditor = None
+    try:
+        async with Mesh.connect(fresh_server.url, service="t") as mesh:
+            await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
+            auditor = clickhouse_connect.get_client(
+                host="127.0.0.1", port=port, username="auditor", password="audit-dev")
+
+            async def publish(n: int) -> None:
+                for i in range(0, n, 500):
+                    await mesh.publish_many([
+                        Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i + j})
+                        for j in range(500)] + [
+                        Event(event_type="MARGIN_CALL", account=tag, payload={"i": i})])
+
+            await publish(6000)
+            await eventually(lambda: table_state(auditor).get("TM_HIGH", (0,))[0] > 0, 30,
+                             "first batches committed")
+            # kill while events keep arriving: a batch is being collected or inserted
+            pub = asyncio.create_task(publish(9000))
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            await pub
+            auditor.close()
+            proc = start_store(fresh_server.url, tmp_path / "ch", port)
+            await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
+            auditor = clickhouse_connect.get_client(
+                host="127.0.0.1", port=port, username="auditor", password="audit-dev")
+            last = await stream_last_seqs(fresh_server.url)
+            want = {s: (n, n, n) for s, n in last.items() if n}
+
+            with contextlib.suppress(AssertionError):
+                await eventually(lambda: table_state(auditor) == want, 60, f"table == {want}")
+            assert table_state(auditor) == want  # (stream: rows, distinct seqs, max seq)
+            dupes = auditor.query("SELECT count() - uniqExact(event_id) FROM audit.events")
+            assert dupes.result_rows[0][0] == 0
+    finally:
+        if auditor is not None:
+            auditor.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def consumer_backlog(url: str, stream: str, durable: str) -> int:
+    nc = await connect_nats(url)
+    try:
+        info = await jsapi.call(nc, f"$JS.API.CONSUMER.INFO.{stream}.{durable}", {})
+        return int(info["num_pending"]) + int(info["num_ack_pending"])
+    finally:
+        await nc.close()
+
+
+async def test_unreachable_store_backlog_drains_afterwards(
+    fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
+) -> None:
+    """'Unavailable' is a real failure: while `down`, the sink's client factory points at an
+    http:// URL where nothing listens (connection refused), then back at the chDB path."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    state = {"down": False}
+
+    def connect() -> Client:
+        return db.connect(dead if state["down"] else store_cfg.target)
+
+    def rows() -> int:
+        q = f"SELECT count(), uniqExact(event_id) FROM {store_cfg.database}.events"
+        n, u = client.query(q).result_rows[0]
+        assert n == u, "duplicate rows"
+        return int(n)
+
+    async with Mesh.connect(fresh_server.url, service="t") as mesh:
+        nc = await connect_nats(fresh_server.url)
+        sink = Sink(nc, connect, store_cfg, streams=("TM_HIGH",))
+        task = asyncio.create_task(sink.run())
+        try:
+            ev = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(300)]
+            await mesh.publish_many(ev)
+            await eventually(lambda: rows() == 300, 30, "300 rows")
+            state["down"] = True
+            sink.sinks[0]._drop_client()  # next insert reconnects, to the dead URL
+            ev = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(2000)]
+            await mesh.publish_many(ev)
+            stats = sink.sinks[0].stats
+            await eventually(lambda: stats.insert_failures >= 3, 30, "failed inserts")
+            assert "refused" in stats.last_error.lower() or "connect" in stats.last_error.lower()
+            durable = sink.sinks[0].durable
+            assert await consumer_backlog(fresh_server.url, "TM_HIGH", durable) > 0
+            assert rows() == 300
+            state["down"] = False
+            await eventually(lambda: rows() == 2300, 30, "backlog drained")
+            last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
+            await eventually(lambda: stats.committed_seq == last, 10, "all committed")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await nc.close()
