@@ -150,12 +150,13 @@ class ReadOnlyEndpoint:
         if not fmt_match:
             sql = f"{sql}\nFORMAT {fmt}"
         binds = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        if binds:
+            sql = _bind(sql, binds)
         client = await self._client()
         t = time.perf_counter()
         try:
             out = await asyncio.to_thread(
-                client.raw_query, sql, parameters=binds or None,
-                use_database=True,
+                client.raw_query, sql, use_database=True,
             )
         except DatabaseError as e:
             code = getattr(e, "code", None) or UNKNOWN
@@ -186,6 +187,29 @@ class ReadOnlyEndpoint:
                 user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
         expected = self.cfg.auditors.get(user or "")
         return expected is not None and secrets.compare_digest(expected, password)
+
+
+_PARAM_RE = re.compile(r"\{(\w+):([^{}]+)\}")
+
+
+def _bind(sql: str, binds: dict[str, str]) -> str:
+    """Server-side query parameters as typed literals.
+
+    chDB on a read-only session returns no rows for `{name:Type}` parameters (it applies
+    them as settings), so they are substituted here: CAST of a quoted string literal, the
+    same text-to-type conversion ClickHouse's HTTP handler does."""
+
+    def lit(m: re.Match[str]) -> str:
+        name, typ = m.group(1), m.group(2).strip()
+        if name not in binds:
+            return m.group(0)
+        value = binds[name]
+        if typ == "Identifier":
+            return "`" + value.replace("`", "``") + "`"
+        quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return f"CAST({quoted} AS {typ})"
+
+    return _PARAM_RE.sub(lit, sql)
 
 
 def _message(text: str) -> str:
