@@ -104,6 +104,17 @@ def set_ttl(client: Client, db: str, ttl_days: float) -> None:
         )
 
 
-def drop_expired(client: Client, db: str) -> None:
-    """Apply TTL now (normally merges do it within merge_with_ttl_timeout)."""
-    client.command(f"ALTER TABLE {db}.{TABLE} MATERIALIZE TTL SETTINGS mutations_sync = 1")
+def drop_expired(client: Client, db: str, ttl_days: float) -> list[str]:
+    """Drop now the day partitions whose newest row is past retention; return their ids.
+
+    Background TTL merges do the same within merge_with_ttl_timeout (whole parts, thanks to
+    ttl_only_drop_parts); this is for operators and tests that do not want to wait."""
+    rows = client.query(
+        "SELECT partition_id FROM system.parts WHERE database = {d:String} AND table = {t:String}"
+        " AND active GROUP BY partition_id HAVING max(max_time) < now() - {s:UInt64}",
+        parameters={"d": db, "t": TABLE, "s": ttl_seconds(ttl_days)},
+    ).result_rows
+    dropped = [str(r[0]) for r in rows]
+    for pid in dropped:
+        client.command(f"ALTER TABLE {db}.{TABLE} DROP PARTITION ID '{pid}'")
+    return dropped
