@@ -1,0 +1,83 @@
+"""Replay from the store: a time range (plus filters) re-published in per-symbol order.
+
+Rows come back `ORDER BY ts, stream, seq`: within one stream that is the order JetStream
+stored them (so each symbol's order is kept), and across streams it is event time. By
+default events go to `<prefix>.<original subject>` on core NATS (nothing live sees them);
+`live=True` publishes them back into the live subjects through `Mesh.publish_many`, whose
+Nats-Msg-Id = event_id lets JetStream drop any event it still holds (deduplication by
+event id within each stream's duplicate window)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from mesh.catalog import BUILTIN
+from mesh.client import Mesh
+from mesh.events import Event, encode
+from mesh.subjects import event_subject
+from store.schema import TABLE
+
+COLUMNS = ("event_type, payload, symbol, account, tenant, toString(event_id), correlation_id, "
+           "causation_id, priority, timestamp, source, version")
+
+
+def select(db: str, since: datetime, until: datetime, where: str = "") -> str:
+    extra = f" AND ({where})" if where else ""
+    return (f"SELECT {COLUMNS} FROM {db}.{TABLE} WHERE ts >= {{since:DateTime64(9)}} AND "
+            f"ts < {{until:DateTime64(9)}}{extra} ORDER BY ts, stream, seq")
+
+
+def events(client: Client, db: str, since: datetime, until: datetime, where: str = "",
+           parameters: dict[str, Any] | None = None) -> Iterator[Event]:
+    params = {"since": since, "until": until, **(parameters or {})}
+    with client.query_row_block_stream(select(db, since, until, where), parameters=params) as st:
+        for block in st:
+            for r in block:
+                yield Event(event_type=r[0], payload=json.loads(r[1] or "{}"), symbol=r[2] or None,
+                            account=r[3] or None, tenant=r[4] or None, event_id=r[5],
+                            correlation_id=r[6], causation_id=r[7] or None,
+                            priority=r[8] or None, timestamp=int(r[9]), source=r[10],
+                            version=int(r[11]))
+
+
+async def replay(mesh: Mesh, found: Iterator[Event], *, prefix: str = "replay", live: bool = False,
+                 rate: float = 0.0, dry_run: bool = False,
+                 progress: Callable[[int], None] | None = None, chunk: int = 500) -> int:
+    """Publish `found`; return how many. `rate` events/s (0 = as fast as possible)."""
+    n = 0
+    start = time.monotonic()
+    batch: list[Event] = []
+
+    async def flush() -> None:
+        if dry_run or not batch:
+            return
+        if live:
+            await mesh.publish_many(batch)
+        else:
+            for e in batch:
+                subject = event_subject(BUILTIN, e.event_type, e.symbol, e.account)
+                await mesh.nc.publish(f"{prefix}.{subject}", encode(e),
+                                      headers={"Nats-Msg-Id": e.event_id, "Tm-Replay": "1"})
+            await mesh.nc.flush()
+        batch.clear()
+
+    for e in found:
+        batch.append(e)
+        n += 1
+        if len(batch) >= (min(chunk, max(1, int(rate / 10))) if rate else chunk):
+            await flush()
+            if progress:
+                progress(n)
+            if rate:
+                await asyncio.sleep(max(0.0, n / rate - (time.monotonic() - start)))
+    await flush()
+    if progress:
+        progress(n)
+    return n
