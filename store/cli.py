@@ -54,8 +54,14 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     st.add_argument("--max-execution-time", type=float, help="seconds per query (default 10)")
     st.add_argument("--max-result-rows", type=int, help="rows per result (default 1000000)")
     st.set_defaults(fn=cmd_store)
-    try:
-        from store import cli_more
-    except ImportError:  # pragma: no cover - during development only
-        return
-    cli_more.register(commands, benches)
+    b = benches.add_parser("store", help="ingest rate, publish->row lag, audit query latency")
+    from store import bench
+
+    bench.add_args(b)
+    b.set_defaults(fn=cmd_bench)
+
+
+async def cmd_bench(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
+    from store import bench
+
+    return await bench.main(args)
