@@ -20,11 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mesh.client import Mesh, connect_nats
+from mesh.client import Mesh
 from mesh.events import Event
 from mesh.server import NatsServer
 from store import db, queries, schema
 from store.config import StoreConfig
+from store.puller import connect as connect_nats
 from store.sink import Sink
 
 SYMBOLS = 500
@@ -54,7 +55,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     Event(event_type="PRICE_UPDATE", symbol=f"S{(i + j) % SYMBOLS}",
                           payload={"px": 100.0 + j, "qty": j})
                     for j in range(min(5000, args.events - i))])
-            nc = await connect_nats(server.url)
+            nc = await connect_nats(server.url, "mesh", "mesh-dev")
             sink = Sink(nc, lambda: db.connect(cfg.target), cfg)
             t0 = time.perf_counter()
             task = asyncio.create_task(sink.run())

@@ -12,10 +12,10 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from mesh.client import connect_nats
 from store import db, schema
 from store.config import StoreConfig
 from store.endpoint import ReadOnlyEndpoint, serve
+from store.puller import connect as connect_nats
 from store.sink import Sink
 
 log = logging.getLogger("store")

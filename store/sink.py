@@ -32,7 +32,6 @@ import msgspec
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from nats.aio.client import Client as Nats
-from nats.aio.msg import Msg
 from nats.js import api
 
 from mesh import jsapi
@@ -40,6 +39,7 @@ from mesh.catalog import Priority
 from mesh.errors import MalformedEvent
 from mesh.events import decode
 from store.config import StoreConfig
+from store.puller import Puller, Raw
 from store.schema import TABLE
 
 log = logging.getLogger("store.sink")
@@ -75,7 +75,7 @@ class Batch:
     seqs: list[int] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     day: int = -1
-    last_msg: Msg | None = None
+    last_msg: Raw | None = None
 
     @property
     def token(self) -> str:
@@ -88,16 +88,19 @@ def _timestamp(data: bytes) -> int:
     if i < 0:
         return 0
     i += len(_TS_KEY)
-    j = i
-    while j < len(data) and 48 <= data[j] <= 57:
-        j += 1
-    return int(data[i:j]) if j > i else 0
+    j = data.find(b",", i)
+    if j < 0:
+        j = data.find(b"}", i)
+    try:
+        return int(data[i:j])
+    except ValueError:
+        return 0
 
 
-def _stream_seq(reply: str) -> int:
+def _stream_seq(reply: bytes) -> int:
     # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (9 tokens) or the
     # v2 form with <domain>.<account hash> after ACK (11 or 12 tokens).
-    t = reply.split(".")
+    t = reply.split(b".")
     return int(t[5] if len(t) == 9 else t[7])
 
 
@@ -114,7 +117,7 @@ class StreamSink:
         self._client: Client | None = None
         self.stats = StreamStats(stream)
         self._seen = -1  # highest sequence held or committed; -1 until read from the table
-        self._carry: tuple[Msg, int, int] | None = None
+        self._carry: tuple[Raw, int, int] | None = None
         self.durable = f"{cfg.durable_prefix}-{stream}"
 
     # -- ClickHouse side (runs in a worker thread: chDB and HTTP calls block) --------------
@@ -152,7 +155,7 @@ class StreamSink:
 
     # -- JetStream side --------------------------------------------------------------------
 
-    async def _subscribe(self) -> object:
+    async def _subscribe(self) -> Puller:
         """(Re)create the durable consumer to start right after the table's high-water mark.
 
         The table, not the consumer, is the cursor: a killed sink leaves messages delivered
@@ -175,16 +178,18 @@ class StreamSink:
             max_waiting=16,
             **start,  # type: ignore[arg-type]
         )
-        js = self.nc.jetstream()
-        return await js.pull_subscribe(
-            "", durable=self.durable, stream=self.stream, config=config,
-            pending_msgs_limit=4 * self.cfg.batch_rows + 10_000,
+        await jsapi.call(
+            self.nc, f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.durable}",
+            {"stream_name": self.stream, "config": config.as_dict()},
         )
+        puller = Puller(self.nc, self.stream, self.durable)
+        await puller.start()
+        return puller
 
-    def _add(self, batch: Batch, msg: Msg, seq: int, ts: int) -> None:
+    def _add(self, batch: Batch, msg: Raw, seq: int, ts: int) -> None:
         batch.lines.append(
             b'{"stream":"%s","seq":%d,"domain":"%s",'
-            % (self.stream.encode(), seq, msg.subject.split(".", 3)[2].encode())
+            % (self.stream.encode(), seq, msg.subject.split(b".", 3)[2])
             + msg.data[1:]
         )
         batch.seqs.append(seq)
@@ -193,23 +198,23 @@ class StreamSink:
         if batch.day < 0:
             batch.day = ts // _DAY_NS
 
-    async def _collect(self, psub: object) -> Batch:
+    async def _collect(self, psub: Puller) -> Batch:
         """Next batch: up to batch_rows messages, batch_ms after its first, one day only."""
         batch = Batch(self.stream)
         if self._carry is not None:
             self._add(batch, *self._carry)
             self._carry = None
         deadline: float | None = time.monotonic() + self.cfg.batch_ms / 1000 if batch.seqs else None
-        stale: tuple[Msg, int] | None = None
+        stale: tuple[Raw, int] | None = None
         while len(batch.seqs) < self.cfg.batch_rows:
-            timeout = 1.0 if deadline is None else deadline - time.monotonic()
+            # an empty batch still polls in batch_ms slices: a pull waits for its full count
+            # or its expiry, so a long first wait would become lag for a trickle of events
+            timeout = self.cfg.batch_ms / 1000 if deadline is None else deadline - time.monotonic()
             if timeout <= 0.001:
                 break
-            try:
-                msgs = await psub.fetch(  # type: ignore[attr-defined]
-                    min(self.cfg.batch_rows - len(batch.seqs), 5000), timeout=timeout
-                )
-            except TimeoutError:  # nats-py raises the builtin (asyncio) one
+            polled = time.monotonic()
+            msgs = await psub.fetch(min(self.cfg.batch_rows - len(batch.seqs), 10_000), timeout)
+            if not msgs:
                 if deadline is None and not batch.seqs:
                     continue
                 break
@@ -232,14 +237,14 @@ class StreamSink:
             if self._carry is not None:
                 break
             if deadline is None and batch.seqs:
-                deadline = time.monotonic() + self.cfg.batch_ms / 1000
+                deadline = polled + self.cfg.batch_ms / 1000  # the batch_ms include that poll
         if stale is not None and stale[1] <= self.stats.committed_seq:
             # AckAll: move the ack floor past committed redeliveries we dropped (never past
             # a batch still being inserted)
-            await stale[0].ack()
+            await psub.ack(stale[0].reply)
         return batch
 
-    async def _commit(self, batch: Batch) -> None:
+    async def _commit(self, batch: Batch, psub: Puller) -> None:
         delay = 0.1
         while True:
             try:
@@ -257,7 +262,7 @@ class StreamSink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         if batch.last_msg is not None:
-            await batch.last_msg.ack()
+            await psub.ack(batch.last_msg.reply)
         self.stats.rows += len(batch.lines)
         self.stats.batches += 1
         self.stats.committed_seq = batch.seqs[-1]
@@ -303,12 +308,12 @@ class StreamSink:
                     await pending  # strictly one insert at a time per stream, in order
                     pending = None
                 if batch.seqs:
-                    pending = asyncio.create_task(self._commit(batch))
+                    pending = asyncio.create_task(self._commit(batch, psub))
         finally:
             if pending is not None:
                 pending.cancel()
             with contextlib.suppress(Exception):
-                await psub.unsubscribe()  # type: ignore[attr-defined]
+                await psub.close()
 
 
 class Sink:
