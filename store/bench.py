@@ -34,7 +34,10 @@ ACCOUNTS = 20_000
 
 def _pct(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
-    return {"p50": round(statistics.median(xs), 2), "p99": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))], 2)}
+    return {
+        "p50": round(statistics.median(xs), 2),
+        "p99": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))], 2),
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -51,16 +54,22 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     try:
         async with Mesh.connect(server.url, service="bench") as mesh:
             for i in range(0, args.events, 5000):
-                await mesh.publish_many([
-                    Event(event_type="PRICE_UPDATE", symbol=f"S{(i + j) % SYMBOLS}",
-                          payload={"px": 100.0 + j, "qty": j})
-                    for j in range(min(5000, args.events - i))])
+                await mesh.publish_many(
+                    [
+                        Event(
+                            event_type="PRICE_UPDATE",
+                            symbol=f"S{(i + j) % SYMBOLS}",
+                            payload={"px": 100.0 + j, "qty": j},
+                        )
+                        for j in range(min(5000, args.events - i))
+                    ]
+                )
             nc = await connect_nats(server.url, "mesh", "mesh-dev")
             sink = Sink(nc, lambda: db.connect(cfg.target), cfg)
             t0 = time.perf_counter()
             task = asyncio.create_task(sink.run())
             high = sink.sinks[1].stats
-            while high.rows < args.events:
+            while high.rows < args.events:  # noqa: ASYNC110 - a counter, nothing announces it
                 await asyncio.sleep(0.01)
             dt = time.perf_counter() - t0
             out["ingest_rows_per_s"] = round(args.events / dt)
@@ -68,10 +77,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             step = max(1, args.lag_rate // 20)
             for _ in range(0, args.lag_events, step):
                 t = time.perf_counter()
-                await mesh.publish_many([Event(event_type="ORDER_PLACED", account=f"A{j}",
-                                               symbol="LAG", payload={}) for j in range(step)])
+                await mesh.publish_many(
+                    [
+                        Event(event_type="ORDER_PLACED", account=f"A{j}", symbol="LAG", payload={})
+                        for j in range(step)
+                    ]
+                )
                 await asyncio.sleep(max(0.0, step / args.lag_rate - (time.perf_counter() - t)))
-            while high.rows < args.events + args.lag_events:
+            while high.rows < args.events + args.lag_events:  # noqa: ASYNC110 - as above
                 await asyncio.sleep(0.01)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -79,7 +92,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         lag = client.query(
             f"SELECT quantile(0.99)(dateDiff('millisecond', ts, ingested_at)), "
             f"quantile(0.5)(dateDiff('millisecond', ts, ingested_at)) FROM {cfg.database}.events "
-            "WHERE symbol = 'LAG'").result_rows[0]
+            "WHERE symbol = 'LAG'"
+        ).result_rows[0]
         out["lag_ms_p99"], out["lag_ms_p50"] = float(lag[0]), float(lag[1])
         # big table for the queries: generated rows over the last 7 days
         client.command(
@@ -87,19 +101,31 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "account, correlation_id, stream, seq, payload) SELECT "
             "toUnixTimestamp64Nano(now64(9)) - intDiv(number * 604800000000000, {n}), "
             "generateUUIDv7(number), 'ORDER_PLACED', 'order', concat('S', toString(number % {s})), "
-            "concat('A', toString(cityHash64(number) % {a})), concat('c-', toString(intDiv(number, 4))), "
-            "'TM_GEN', number + 1, '{{\"px\":1}}' FROM numbers({n})".format(n=args.rows, s=SYMBOLS, a=ACCOUNTS),
-            settings={"max_insert_threads": 2})
+            "concat('A', toString(cityHash64(number) % {a})), "
+            "concat('c-', toString(intDiv(number, 4))), "
+            "'TM_GEN', number + 1, '{{\"px\":1}}' FROM numbers({n})".format(
+                n=args.rows, s=SYMBOLS, a=ACCOUNTS
+            ),
+            settings={"max_insert_threads": 2},
+        )
         client.command(f"OPTIMIZE TABLE {cfg.database}.events FINAL")
         rnd = random.Random(1)
-        times: dict[str, list[float]] = {"by_correlation_id": [], "by_account_day": [], "by_symbol_hour": []}
+        times: dict[str, list[float]] = {
+            "by_correlation_id": [],
+            "by_account_day": [],
+            "by_symbol_hour": [],
+        }
         for _ in range(args.repeat):
             k = rnd.randrange(args.rows)
             day = time.time() - rnd.random() * 6 * 86400
             for name, (sql, params) in {
                 "by_correlation_id": queries.by_correlation(cfg.database, f"c-{k // 4}"),
-                "by_account_day": queries.by_account(cfg.database, f"A{k % ACCOUNTS}", day, day + 86400),
-                "by_symbol_hour": queries.by_symbol(cfg.database, f"S{k % SYMBOLS}", day, day + 3600),
+                "by_account_day": queries.by_account(
+                    cfg.database, f"A{k % ACCOUNTS}", day, day + 86400
+                ),
+                "by_symbol_hour": queries.by_symbol(
+                    cfg.database, f"S{k % SYMBOLS}", day, day + 3600
+                ),
             }.items():
                 t = time.perf_counter()
                 client.query(sql, parameters=params)

@@ -10,8 +10,6 @@ import contextlib
 from mesh import config
 from mesh.cli import SubParsers
 
-DEFAULT_ENDPOINT = "http://auditor:audit-dev@127.0.0.1:8124"
-
 
 def _nats(args: argparse.Namespace, cfg: config.MeshConfig) -> tuple[str, str, str]:
     url = str(args.url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}")
@@ -24,12 +22,19 @@ async def cmd_store(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     from store import service
 
     host, _, port = (args.http or "127.0.0.1:8124").rpartition(":")
-    scfg = service.config_from({
-        "target": args.target, "database": args.database, "ttl_days": args.ttl_days,
-        "batch_rows": args.batch_rows, "batch_ms": args.batch_ms,
-        "http_host": host or "127.0.0.1", "http_port": int(port),
-        "max_execution_time": args.max_execution_time, "max_result_rows": args.max_result_rows,
-    })
+    scfg = service.config_from(
+        {
+            "target": args.target,
+            "database": args.database,
+            "ttl_days": args.ttl_days,
+            "batch_rows": args.batch_rows,
+            "batch_ms": args.batch_ms,
+            "http_host": host or "127.0.0.1",
+            "http_port": int(port),
+            "max_execution_time": args.max_execution_time,
+            "max_result_rows": args.max_result_rows,
+        }
+    )
     if args.auditor:
         user, _, pw = args.auditor.partition(":")
         scfg.auditors = {user: pw}
@@ -54,6 +59,9 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     st.add_argument("--max-execution-time", type=float, help="seconds per query (default 10)")
     st.add_argument("--max-result-rows", type=int, help="rows per result (default 1000000)")
     st.set_defaults(fn=cmd_store)
+    from store import cli_audit
+
+    cli_audit.register(commands)
     b = benches.add_parser("store", help="ingest rate, publish->row lag, audit query latency")
     from store import bench
 

@@ -38,11 +38,28 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # URL parameters that are transport, not engine settings (ClickHouse's HTTP handler eats
 # these itself); anything else is a setting, and a read-only session refuses a change.
 _TRANSPORT = {
-    "query", "database", "user", "password", "query_id", "session_id", "session_timeout",
-    "session_check", "compress", "decompress", "default_format", "quota_key", "buffer_size",
-    "wait_end_of_query", "client_protocol_version", "role", "send_progress_in_http_headers",
-    "http_headers_progress_interval_ms", "enable_http_compression", "cancel_http_readonly_queries_on_client_close",
-    "database_replicated_enforce_synchronous_settings", "output_format_arrow_string_as_string",
+    "query",
+    "database",
+    "user",
+    "password",
+    "query_id",
+    "session_id",
+    "session_timeout",
+    "session_check",
+    "compress",
+    "decompress",
+    "default_format",
+    "quota_key",
+    "buffer_size",
+    "wait_end_of_query",
+    "client_protocol_version",
+    "role",
+    "send_progress_in_http_headers",
+    "http_headers_progress_interval_ms",
+    "enable_http_compression",
+    "cancel_http_readonly_queries_on_client_close",
+    "database_replicated_enforce_synchronous_settings",
+    "output_format_arrow_string_as_string",
 }
 _FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 # Table functions that reach outside the database (files, network, processes): refused
@@ -105,10 +122,11 @@ class ReadOnlyEndpoint:
             if not m.get("more_body"):
                 break
         path = scope["path"]
-        if path in ("/ping", "/"):
-            if path == "/ping" or (scope["method"] == "GET" and not scope["query_string"]):
-                await _reply(send, 200, b"Ok.\n", {})
-                return
+        if path == "/ping" or (
+            path == "/" and scope["method"] == "GET" and not scope["query_string"]
+        ):
+            await _reply(send, 200, b"Ok.\n", {})
+            return
         if path == "/metrics" and self.metrics is not None:
             await _reply(send, 200, self.metrics().encode(), {"content-type": "text/plain"})
             return
@@ -122,28 +140,49 @@ class ReadOnlyEndpoint:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         query_id = params.get("query_id") or str(uuid.uuid4())
         if not self._authorised(params, headers):
-            await _error(send, 401, AUTH_FAILED,
-                         "Code: 516. DB::Exception: auditor: Authentication failed: password is "
-                         "incorrect, or there is no user with such name. (AUTHENTICATION_FAILED)",
-                         query_id)
+            await _error(
+                send,
+                401,
+                AUTH_FAILED,
+                "Code: 516. DB::Exception: auditor: Authentication failed: password is "
+                "incorrect, or there is no user with such name. (AUTHENTICATION_FAILED)",
+                query_id,
+            )
             return
         if headers.get("content-encoding"):
-            await _error(send, 400, UNKNOWN, "Code: 1002. compressed request bodies are not "
-                         "accepted by this read-only endpoint", query_id)
+            await _error(
+                send,
+                400,
+                UNKNOWN,
+                "Code: 1002. compressed request bodies are not accepted by this read-only endpoint",
+                query_id,
+            )
             return
-        sql = (params.get("query", "") + ("\n" if params.get("query") and body else "")
-               + body.decode("utf-8", "replace")).strip()
+        sql = (
+            params.get("query", "")
+            + ("\n" if params.get("query") and body else "")
+            + body.decode("utf-8", "replace")
+        ).strip()
         for key, value in params.items():
             if key not in _TRANSPORT and not key.startswith("param_"):
-                await _error(send, 403, READONLY,
-                             f"Code: 164. DB::Exception: Cannot modify '{key}' setting "
-                             f"(to {value!r}) in readonly mode. (READONLY)", query_id)
+                await _error(
+                    send,
+                    403,
+                    READONLY,
+                    f"Code: 164. DB::Exception: Cannot modify '{key}' setting "
+                    f"(to {value!r}) in readonly mode. (READONLY)",
+                    query_id,
+                )
                 return
         if _OUTSIDE.search(sql):
-            await _error(send, 403, ACCESS_DENIED,
-                         "Code: 497. DB::Exception: auditor: table functions that read "
-                         "files, URLs or other servers are not allowed here. (ACCESS_DENIED)",
-                         query_id)
+            await _error(
+                send,
+                403,
+                ACCESS_DENIED,
+                "Code: 497. DB::Exception: auditor: table functions that read "
+                "files, URLs or other servers are not allowed here. (ACCESS_DENIED)",
+                query_id,
+            )
             return
         fmt_match = _FORMAT_RE.search(sql)
         fmt = fmt_match.group(1) if fmt_match else params.get("default_format", "TabSeparated")
@@ -156,27 +195,45 @@ class ReadOnlyEndpoint:
         t = time.perf_counter()
         try:
             out = await asyncio.to_thread(
-                client.raw_query, sql, use_database=True,
+                client.raw_query,
+                sql,
+                use_database=True,
             )
         except DatabaseError as e:
             code = getattr(e, "code", None) or UNKNOWN
-            await _error(send, 500 if code not in (READONLY, 62, 60, 47) else 400,
-                         int(code), _message(str(e)), query_id)
+            await _error(
+                send,
+                500 if code not in (READONLY, 62, 60, 47) else 400,
+                int(code),
+                _message(str(e)),
+                query_id,
+            )
             return
         finally:
             self._free.put_nowait(client)
         elapsed = time.perf_counter() - t
-        summary = {"read_rows": "0", "read_bytes": "0", "written_rows": "0",
-                   "written_bytes": "0", "total_rows_to_read": "0",
-                   "result_rows": "0", "result_bytes": str(len(out)),
-                   "elapsed_ns": str(int(elapsed * 1e9))}
-        await _reply(send, 200, out, {
-            "content-type": _content_type(fmt),
-            "x-clickhouse-query-id": query_id,
-            "x-clickhouse-format": fmt,
-            "x-clickhouse-timezone": "UTC",
-            "x-clickhouse-summary": json.dumps(summary),
-        })
+        summary = {
+            "read_rows": "0",
+            "read_bytes": "0",
+            "written_rows": "0",
+            "written_bytes": "0",
+            "total_rows_to_read": "0",
+            "result_rows": "0",
+            "result_bytes": str(len(out)),
+            "elapsed_ns": str(int(elapsed * 1e9)),
+        }
+        await _reply(
+            send,
+            200,
+            out,
+            {
+                "content-type": _content_type(fmt),
+                "x-clickhouse-query-id": query_id,
+                "x-clickhouse-format": fmt,
+                "x-clickhouse-timezone": "UTC",
+                "x-clickhouse-summary": json.dumps(summary),
+            },
+        )
 
     def _authorised(self, params: dict[str, str], headers: dict[str, str]) -> bool:
         user = headers.get("x-clickhouse-user") or params.get("user")
@@ -233,19 +290,29 @@ async def _reply(send: Send, status: int, body: bytes, headers: dict[str, str]) 
 
 
 async def _error(send: Send, status: int, code: int, message: str, query_id: str) -> None:
-    await _reply(send, status, (message + "\n").encode(), {
-        "content-type": "text/plain; charset=UTF-8",
-        "x-clickhouse-exception-code": str(code),
-        "x-clickhouse-query-id": query_id,
-    })
+    await _reply(
+        send,
+        status,
+        (message + "\n").encode(),
+        {
+            "content-type": "text/plain; charset=UTF-8",
+            "x-clickhouse-exception-code": str(code),
+            "x-clickhouse-query-id": query_id,
+        },
+    )
 
 
-async def serve(app: ReadOnlyEndpoint, host: str, port: int, started: asyncio.Event | None = None) -> None:
+async def serve(
+    app: ReadOnlyEndpoint, host: str, port: int, started: asyncio.Event | None = None
+) -> None:
     """Serve `app` with uvicorn inside the running loop until cancelled."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        )
+    )
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:

@@ -23,3 +23,8 @@ class StoreLocked(StoreError):
 
 class BadQuery(StoreError):
     """A named query was given arguments it cannot use; the message names them."""
+
+
+class QueryFailed(StoreError):
+    """ClickHouse refused or stopped a query; the message carries its code and reason
+    (164 read-only, 396 too many rows, 159 timeout, 62 syntax)."""

@@ -8,6 +8,7 @@ itself (`$JS.API.CONSUMER.MSG.NEXT`) and takes the messages through `mesh.wire.r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from nats.aio.client import Client
@@ -16,7 +17,7 @@ from mesh import wire
 
 
 class Raw:
-    __slots__ = ("subject", "reply", "data")
+    __slots__ = ("data", "reply", "subject")
 
     def __init__(self, subject: bytes, reply: bytes, data: bytes) -> None:
         self.subject = subject
@@ -54,12 +55,13 @@ class Puller:
         self._want = batch
         self._done.clear()
         expires = max(int(timeout * 1e9), 10_000_000)
-        await self.nc.publish(self.subject, json.dumps({"batch": batch, "expires": expires}).encode(),
-                              reply=self._inbox)
-        try:
+        await self.nc.publish(
+            self.subject,
+            json.dumps({"batch": batch, "expires": expires}).encode(),
+            reply=self._inbox,
+        )
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), timeout + 1.0)
-        except TimeoutError:
-            pass
         got, self._got = self._got, []
         # anything still in flight for this request lands in the next fetch's list: the
         # sink drops it there by sequence if it is a repeat, so nothing is lost or doubled

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,32 +24,80 @@ from mesh.events import Event, encode
 from mesh.subjects import event_subject
 from store.schema import TABLE
 
-COLUMNS = ("event_type, payload, symbol, account, tenant, toString(event_id), correlation_id, "
-           "causation_id, priority, timestamp, source, version")
+COLUMNS = (
+    "event_type, payload, symbol, account, tenant, toString(event_id), correlation_id, "
+    "causation_id, priority, timestamp, source, version, stream, seq"
+)
 
 
 def select(db: str, since: datetime, until: datetime, where: str = "") -> str:
     extra = f" AND ({where})" if where else ""
-    return (f"SELECT {COLUMNS} FROM {db}.{TABLE} WHERE ts >= {{since:DateTime64(9)}} AND "
-            f"ts < {{until:DateTime64(9)}}{extra} ORDER BY ts, stream, seq")
+    return (
+        f"SELECT {COLUMNS} FROM {db}.{TABLE} WHERE ts >= {{since:DateTime64(9)}} AND "
+        f"ts < {{until:DateTime64(9)}}{extra} ORDER BY ts, stream, seq"
+    )
 
 
-def events(client: Client, db: str, since: datetime, until: datetime, where: str = "",
-           parameters: dict[str, Any] | None = None) -> Iterator[Event]:
-    params = {"since": since, "until": until, **(parameters or {})}
-    with client.query_row_block_stream(select(db, since, until, where), parameters=params) as st:
+def to_event(r: Sequence[Any]) -> Event:
+    """A row of COLUMNS back into the Event that was published."""
+    return Event(
+        event_type=r[0],
+        payload=json.loads(r[1] or "{}"),
+        symbol=r[2] or None,
+        account=r[3] or None,
+        tenant=r[4] or None,
+        event_id=r[5],
+        correlation_id=r[6],
+        causation_id=r[7] or None,
+        priority=r[8] or None,
+        timestamp=int(r[9]),
+        source=r[10],
+        version=int(r[11]),
+    )
+
+
+def stored(
+    client: Client, sql: str, parameters: dict[str, Any]
+) -> Iterator[tuple[str, int, Event]]:
+    """(stream, seq, event) for each row of a COLUMNS query, streamed block by block."""
+    with client.query_row_block_stream(sql, parameters=parameters) as st:
         for block in st:
             for r in block:
-                yield Event(event_type=r[0], payload=json.loads(r[1] or "{}"), symbol=r[2] or None,
-                            account=r[3] or None, tenant=r[4] or None, event_id=r[5],
-                            correlation_id=r[6], causation_id=r[7] or None,
-                            priority=r[8] or None, timestamp=int(r[9]), source=r[10],
-                            version=int(r[11]))
+                yield r[12], int(r[13]), to_event(r)
 
 
-async def replay(mesh: Mesh, found: Iterator[Event], *, prefix: str = "replay", live: bool = False,
-                 rate: float = 0.0, dry_run: bool = False,
-                 progress: Callable[[int], None] | None = None, chunk: int = 500) -> int:
+def events(
+    client: Client,
+    db: str,
+    since: datetime,
+    until: datetime,
+    where: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> Iterator[Event]:
+    params = {"since": since, "until": until, **(parameters or {})}
+    for _, _, e in stored(client, select(db, since, until, where), params):
+        yield e
+
+
+def chain_rows(client: Client, db: str, correlation_id: str) -> list[tuple[str, int, Event]]:
+    sql = (
+        f"SELECT {COLUMNS} FROM {db}.{TABLE} WHERE correlation_id = {{c:String}} "
+        "ORDER BY ts, stream, seq LIMIT 1 BY event_id"
+    )
+    return list(stored(client, sql, {"c": correlation_id}))
+
+
+async def replay(
+    mesh: Mesh,
+    found: Iterator[Event],
+    *,
+    prefix: str = "replay",
+    live: bool = False,
+    rate: float = 0.0,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = 500,
+) -> int:
     """Publish `found`; return how many. `rate` events/s (0 = as fast as possible)."""
     n = 0
     start = time.monotonic()
@@ -63,8 +111,11 @@ async def replay(mesh: Mesh, found: Iterator[Event], *, prefix: str = "replay", 
         else:
             for e in batch:
                 subject = event_subject(BUILTIN, e.event_type, e.symbol, e.account)
-                await mesh.nc.publish(f"{prefix}.{subject}", encode(e),
-                                      headers={"Nats-Msg-Id": e.event_id, "Tm-Replay": "1"})
+                await mesh.nc.publish(
+                    f"{prefix}.{subject}",
+                    encode(e),
+                    headers={"Nats-Msg-Id": e.event_id, "Tm-Replay": "1"},
+                )
             await mesh.nc.flush()
         batch.clear()
 

@@ -40,8 +40,15 @@ def prometheus(sink: Sink) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def run(cfg: StoreConfig, nats_url: str, user: str, password: str, *,
-              http: bool = True, ready: asyncio.Event | None = None) -> None:
+async def run(
+    cfg: StoreConfig,
+    nats_url: str,
+    user: str,
+    password: str,
+    *,
+    http: bool = True,
+    ready: asyncio.Event | None = None,
+) -> None:
     """Run until cancelled."""
     connect = connector(cfg)
     setup = await asyncio.to_thread(connect)
@@ -58,9 +65,11 @@ async def run(cfg: StoreConfig, nats_url: str, user: str, password: str, *,
                 started = asyncio.Event()
                 tg.create_task(serve(endpoint, cfg.http_host, cfg.http_port, started))
                 await started.wait()
-            print(f"store: {cfg.target} db {cfg.database} schema v{version}"
-                  + (f", auditors on http://{cfg.http_host}:{cfg.http_port}" if http else ""),
-                  flush=True)
+            print(
+                f"store: {cfg.target} db {cfg.database} schema v{version}"
+                + (f", auditors on http://{cfg.http_host}:{cfg.http_port}" if http else ""),
+                flush=True,
+            )
             if ready is not None:
                 ready.set()
     finally:

@@ -134,10 +134,14 @@ class StreamSink:
         self._client = None
 
     def _high_water(self) -> int:
-        rows = self._db().query(
-            f"SELECT max(seq) FROM {self.cfg.database}.{TABLE} WHERE stream = {{s:String}}",
-            parameters={"s": self.stream},
-        ).result_rows
+        rows = (
+            self._db()
+            .query(
+                f"SELECT max(seq) FROM {self.cfg.database}.{TABLE} WHERE stream = {{s:String}}",
+                parameters={"s": self.stream},
+            )
+            .result_rows
+        )
         return int(rows[0][0] or 0) if rows else 0
 
     def _insert(self, batch: Batch) -> None:
@@ -167,7 +171,8 @@ class StreamSink:
             await jsapi.call(self.nc, f"$JS.API.CONSUMER.DELETE.{self.stream}.{self.durable}", {})
         start: dict[str, object] = (
             {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._seen + 1}
-            if self._seen > 0 else {"deliver_policy": api.DeliverPolicy.ALL}
+            if self._seen > 0
+            else {"deliver_policy": api.DeliverPolicy.ALL}
         )
         config = api.ConsumerConfig(
             durable_name=self.durable,
@@ -179,7 +184,8 @@ class StreamSink:
             **start,  # type: ignore[arg-type]
         )
         await jsapi.call(
-            self.nc, f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.durable}",
+            self.nc,
+            f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.durable}",
             {"stream_name": self.stream, "config": config.as_dict()},
         )
         puller = Puller(self.nc, self.stream, self.durable)
@@ -225,10 +231,7 @@ class StreamSink:
                     self.stats.redeliveries_dropped += 1
                     continue
                 self._seen = seq
-                if not msg.data.startswith(b"{"):
-                    ts = 0
-                else:
-                    ts = _timestamp(msg.data)
+                ts = _timestamp(msg.data) if msg.data.startswith(b"{") else 0
                 if batch.seqs and ts // _DAY_NS != batch.day:
                     # never two partitions in one insert: cut here, carry the message over
                     self._carry = (msg, seq, ts)
@@ -319,8 +322,13 @@ class StreamSink:
 class Sink:
     """All four streams; `stats()` for metrics."""
 
-    def __init__(self, nc: Nats, connect: Callable[[], Client], cfg: StoreConfig,
-                 streams: tuple[str, ...] = STREAMS) -> None:
+    def __init__(
+        self,
+        nc: Nats,
+        connect: Callable[[], Client],
+        cfg: StoreConfig,
+        streams: tuple[str, ...] = STREAMS,
+    ) -> None:
         self.sinks = [StreamSink(nc, connect, cfg, s) for s in streams]
 
     def stats(self) -> list[StreamStats]:

@@ -20,8 +20,13 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def store_cfg(chdb_path: Path, tag: str) -> StoreConfig:
-    return StoreConfig(target=str(chdb_path), database=f"t_{tag.lower()}", batch_rows=500,
-                       batch_ms=50, durable_prefix=f"st-{tag.lower()}")
+    return StoreConfig(
+        target=str(chdb_path),
+        database=f"t_{tag.lower()}",
+        batch_rows=500,
+        batch_ms=50,
+        durable_prefix=f"st-{tag.lower()}",
+    )
 
 
 @pytest.fixture

@@ -22,12 +22,17 @@ from store.endpoint import ReadOnlyEndpoint, serve
 async def endpoint(store_cfg: StoreConfig, client: Client) -> AsyncIterator[int]:
     client.command(
         f"INSERT INTO {store_cfg.database}.events (timestamp, event_id, event_type, domain, "
-        "symbol, account, stream, seq) SELECT toUnixTimestamp64Nano(now64(9)) - 1000000000 + number, generateUUIDv7(), "
+        "symbol, account, stream, seq) SELECT toUnixTimestamp64Nano(now64(9)) - 1000000000 "
+        "+ number, generateUUIDv7(), "
         "'PRICE_UPDATE', 'market', 'AAPL', 'A1', 'TM_HIGH', number + 1 FROM numbers(5000)"
     )
     port = free_port()
-    cfg = StoreConfig(target=store_cfg.target, database=store_cfg.database,
-                      max_result_rows=3000, max_execution_time=1.0)
+    cfg = StoreConfig(
+        target=store_cfg.target,
+        database=store_cfg.database,
+        max_result_rows=3000,
+        max_execution_time=1.0,
+    )
     app = ReadOnlyEndpoint(lambda **kw: db.connect(cfg.target, **kw), cfg)
     started = asyncio.Event()
     task = asyncio.create_task(serve(app, "127.0.0.1", port, started))
@@ -39,25 +44,31 @@ async def endpoint(store_cfg: StoreConfig, client: Client) -> AsyncIterator[int]
 
 
 def http_client(port: int, password: str = "audit-dev") -> Client:
-    return clickhouse_connect.get_client(host="127.0.0.1", port=port, username="auditor",
-                                         password=password)
+    return clickhouse_connect.get_client(
+        host="127.0.0.1", port=port, username="auditor", password=password
+    )
 
 
 async def test_sync_client_gets_typed_rows(endpoint: int, store_cfg: StoreConfig) -> None:
     c = await asyncio.to_thread(http_client, endpoint)
     r = await asyncio.to_thread(
-        c.query, f"SELECT ts, event_id, seq, symbol FROM {store_cfg.database}.events "
-        "WHERE seq <= {n:UInt64} ORDER BY seq", parameters={"n": 3})
+        c.query,
+        f"SELECT ts, event_id, seq, symbol FROM {store_cfg.database}.events "
+        "WHERE seq <= {n:UInt64} ORDER BY seq",
+        parameters={"n": 3},
+    )
     assert len(r.result_rows) == 3
     ts, eid, seq, sym = r.result_rows[0]
-    assert isinstance(ts, dt.datetime) and isinstance(eid, UUID)
+    assert isinstance(ts, dt.datetime)
+    assert isinstance(eid, UUID)
     assert (seq, sym) == (1, "AAPL")
     c.close()
 
 
 async def test_async_client_gets_typed_rows(endpoint: int, store_cfg: StoreConfig) -> None:
     c = await clickhouse_connect.get_async_client(
-        host="127.0.0.1", port=endpoint, username="auditor", password="audit-dev")
+        host="127.0.0.1", port=endpoint, username="auditor", password="audit-dev"
+    )
     r = await c.query(f"SELECT count() AS n, max(seq) FROM {store_cfg.database}.events")
     assert r.result_rows == [(5000, 5000)]
     await c.close()
@@ -67,13 +78,16 @@ async def test_writes_and_ddl_refused_with_clickhouse_codes(
     endpoint: int, store_cfg: StoreConfig, client: Client
 ) -> None:
     c = await asyncio.to_thread(http_client, endpoint)
-    for sql in (f"INSERT INTO {store_cfg.database}.events (seq) VALUES (1)",
-                f"DROP TABLE {store_cfg.database}.events",
-                f"ALTER TABLE {store_cfg.database}.events DELETE WHERE 1",
-                "CREATE TABLE x (a Int8) ENGINE = Memory"):
+    for sql in (
+        f"INSERT INTO {store_cfg.database}.events (seq) VALUES (1)",
+        f"DROP TABLE {store_cfg.database}.events",
+        f"ALTER TABLE {store_cfg.database}.events DELETE WHERE 1",
+        "CREATE TABLE x (a Int8) ENGINE = Memory",
+    ):
         with pytest.raises(DatabaseError) as e:
             await asyncio.to_thread(c.command, sql)
-        assert "164" in str(e.value) and "readonly" in str(e.value).lower()
+        assert "164" in str(e.value)
+        assert "readonly" in str(e.value).lower()
     with pytest.raises(DatabaseError, match="497"):
         await asyncio.to_thread(c.query, "SELECT * FROM file('/etc/hostname', 'LineAsString')")
     with pytest.raises(DatabaseError, match="164"):
@@ -88,8 +102,10 @@ async def test_queries_over_the_limits_are_stopped(endpoint: int, store_cfg: Sto
     c = await asyncio.to_thread(http_client, endpoint)
     with pytest.raises(DatabaseError) as e:
         await asyncio.to_thread(c.query, f"SELECT seq FROM {store_cfg.database}.events")
-    assert "396" in str(e.value) and "max rows: 3.00 thousand" in str(e.value)
+    assert "396" in str(e.value)
+    assert "max rows: 3.00 thousand" in str(e.value)
     with pytest.raises(DatabaseError) as e:
         await asyncio.to_thread(c.query, "SELECT count() FROM numbers(100000000000)")
-    assert "159" in str(e.value) and "Timeout exceeded" in str(e.value)
+    assert "159" in str(e.value)
+    assert "Timeout exceeded" in str(e.value)
     c.close()

@@ -28,9 +28,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start_store(url: str, path: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "--url", url, "store", "--target", str(path),
-         "--http", f"127.0.0.1:{port}", "--batch-rows", "3000", "--batch-ms", "300"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "--url",
+            url,
+            "store",
+            "--target",
+            str(path),
+            "--http",
+            f"127.0.0.1:{port}",
+            "--batch-rows",
+            "3000",
+            "--batch-ms",
+            "300",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -48,8 +64,9 @@ async def stream_last_seqs(url: str) -> dict[str, int]:
 
 
 def table_state(c: Client) -> dict[str, tuple[int, int, int]]:
-    rows = c.query("SELECT stream, count(), uniqExact(seq), max(seq) FROM audit.events "
-                   "GROUP BY stream").result_rows
+    rows = c.query(
+        "SELECT stream, count(), uniqExact(seq), max(seq) FROM audit.events GROUP BY stream"
+    ).result_rows
     return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
 
@@ -64,18 +81,25 @@ async def test_sigkill_mid_batch_then_restart_leaves_table_equal_to_stream(
         async with Mesh.connect(fresh_server.url, service="t") as mesh:
             await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
             auditor = clickhouse_connect.get_client(
-                host="127.0.0.1", port=port, username="auditor", password="audit-dev")
+                host="127.0.0.1", port=port, username="auditor", password="audit-dev"
+            )
 
             async def publish(n: int) -> None:
                 for i in range(0, n, 500):
-                    await mesh.publish_many([
-                        Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i + j})
-                        for j in range(500)] + [
-                        Event(event_type="MARGIN_CALL", account=tag, payload={"i": i})])
+                    await mesh.publish_many(
+                        [
+                            Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i + j})
+                            for j in range(500)
+                        ]
+                        + [Event(event_type="MARGIN_CALL", account=tag, payload={"i": i})]
+                    )
 
             await publish(6000)
-            await eventually(lambda: table_state(auditor).get("TM_HIGH", (0,))[0] > 0, 30,
-                             "first batches committed")
+            await eventually(
+                lambda: table_state(auditor).get("TM_HIGH", (0,))[0] > 0,
+                30,
+                "first batches committed",
+            )
             # kill while events keep arriving: a batch is being collected or inserted
             pub = asyncio.create_task(publish(9000))
             await asyncio.sleep(0.3)
@@ -86,7 +110,8 @@ async def test_sigkill_mid_batch_then_restart_leaves_table_equal_to_stream(
             proc = start_store(fresh_server.url, tmp_path / "ch", port)
             await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
             auditor = clickhouse_connect.get_client(
-                host="127.0.0.1", port=port, username="auditor", password="audit-dev")
+                host="127.0.0.1", port=port, username="auditor", password="audit-dev"
+            )
             last = await stream_last_seqs(fresh_server.url)
             want = {s: (n, n, n) for s, n in last.items() if n}
 
@@ -137,12 +162,16 @@ async def test_unreachable_store_backlog_drains_afterwards(
         sink = Sink(nc, connect, store_cfg, streams=("TM_HIGH",))
         task = asyncio.create_task(sink.run())
         try:
-            ev = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(300)]
+            ev = [
+                Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(300)
+            ]
             await mesh.publish_many(ev)
             await eventually(lambda: rows() == 300, 30, "300 rows")
             state["down"] = True
             sink.sinks[0]._drop_client()  # next insert reconnects, to the dead URL
-            ev = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(2000)]
+            ev = [
+                Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(2000)
+            ]
             await mesh.publish_many(ev)
             stats = sink.sinks[0].stats
             await eventually(lambda: stats.insert_failures >= 3, 30, "failed inserts")

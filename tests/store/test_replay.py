@@ -20,8 +20,11 @@ async def test_replay_time_range_keeps_per_symbol_order(
     fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
 ) -> None:
     symbols = [f"{tag}{k}" for k in range(3)]
-    sent = [Event(event_type=t, symbol=symbols[i % 3], payload={"i": i})
-            for i in range(600) for t in ("PRICE_UPDATE",)]
+    sent = [
+        Event(event_type=t, symbol=symbols[i % 3], payload={"i": i})
+        for i in range(600)
+        for t in ("PRICE_UPDATE",)
+    ]
     since = datetime.now(UTC) - timedelta(seconds=1)
     async with Mesh.connect(fresh_server.url, service="t") as mesh:
         await mesh.publish_many(sent)
@@ -50,5 +53,7 @@ async def test_replay_time_range_keeps_per_symbol_order(
         await sub.unsubscribe()
     assert n == 600
     for s in symbols:
-        assert [e.event_id for e in got if e.symbol == s] == [e.event_id for e in sent if e.symbol == s]
+        assert [e.event_id for e in got if e.symbol == s] == [
+            e.event_id for e in sent if e.symbol == s
+        ]
     assert {e.event_id: e for e in got}[sent[5].event_id] == sent[5]

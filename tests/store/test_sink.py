@@ -23,8 +23,12 @@ async def test_events_of_all_streams_land_once(
     fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
 ) -> None:
     async with Mesh.connect(fresh_server.url, service="t") as mesh:
-        events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(1200)]
-        events += [Event(event_type="MARGIN_CALL", account=tag, payload={"i": i}) for i in range(50)]
+        events = [
+            Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(1200)
+        ]
+        events += [
+            Event(event_type="MARGIN_CALL", account=tag, payload={"i": i}) for i in range(50)
+        ]
         await mesh.publish_many(events)
         nc = await connect_nats(fresh_server.url)
         sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg)
