@@ -58,6 +58,8 @@ class BridgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_inflight_in: int = 20_000
     # JetStream deliveries not yet confirmed by Kafka (the consumer's max_ack_pending).
     max_inflight_out: int = 20_000
+    # Seconds before JetStream redelivers an event the bridge has not acked.
+    ack_wait: float = 10.0
     # Extra librdkafka settings for both clients (e.g. security).
     kafka: dict[str, str] = msgspec.field(default_factory=dict)
     inbound: list[InboundRule] = msgspec.field(default_factory=list)

@@ -117,10 +117,13 @@ class ProducerThread:
             self.producer.poll(0.05)
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.metrics.kafka_up = False
             self.metrics.kafka_detail = err.str()
-        log.warning("kafka producer: %s", err.str())
+            log.warning("kafka: %s; records wait in the producer queue", err.str())
+        else:
+            # Every refused reconnect lands here while a broker is away: not a warning.
+            log.debug("kafka producer: %s", err.str())
 
     def _on_stats(self, raw: str) -> None:
         stats = json.loads(raw)

@@ -63,9 +63,10 @@ class Outbound:
                 durable=durable,
                 start=Start.all(),
                 max_ack_pending=self.cfg.max_inflight_out,
-                # Long enough that a Kafka outage of a minute causes no redelivery storm;
-                # redeliveries of in-flight events are absorbed anyway (see _deliver).
-                ack_wait=120.0,
+                # Short, so a restarted bridge gets a crashed one's unacked events soon;
+                # redeliveries of events still in flight to Kafka (a slow or absent
+                # broker) are absorbed in _deliver, not produced twice.
+                ack_wait=self.cfg.ack_wait,
                 burst=1024,
             )
             await sub.start()
