@@ -1,0 +1,218 @@
+"""`mesh bench bridge`: throughput each way, then added latency at a steady rate.
+
+With no arguments it starts a nats-server (with the streams) and a Kafka 4 broker on
+loopback. Throughput: N events waiting at the source before the bridge starts, timed until
+the bridge has every one confirmed by the destination (JetStream PubAck / Kafka delivery
+report). Latency: both directions at `--rate` events/s each for `--seconds`; per event,
+the time from its creation (just before it is handed to the source) to its arrival at a
+subscriber on the other side, which is the bridge's added latency plus one hop of the
+source system. The bridge runs in this process; Kafka, NATS and the load share the 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, Producer
+from hdrh.histogram import HdrHistogram
+
+from bridge_kafka.bridge import Bridge
+from bridge_kafka.broker import KafkaBroker, create_topics
+from bridge_kafka.config import BridgeConfig
+from mesh import events as ev
+from mesh import provision
+from mesh.client import Mesh, connect_nats
+from mesh.config import NATS_CONFIG_DIR
+from mesh.events import Event
+from mesh.server import NatsServer
+from mesh.subscriber import Start
+
+
+def _event(sym: str, i: int) -> Event:
+    return Event(event_type="PRICE_UPDATE", symbol=sym, account="BENCH", payload={"px": i})
+
+
+def _produce(bootstrap: str, topic: str, events: list[Event]) -> None:
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+        }
+    )
+    for e in events:
+        while True:
+            try:
+                p.produce(topic, ev.encode(e), (e.symbol or "").encode())
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    p.flush(60)
+
+
+def _cfg(
+    bootstrap: str, name: str, inbound: str | None, outbound: str | None, sym: str
+) -> BridgeConfig:
+    base: dict[str, Any] = {"bootstrap": bootstrap, "name": name, "dlq_topic": "bench-dlq"}
+    if inbound:
+        base["inbound"] = [{"topics": [inbound]}]
+    if outbound:
+        base["outbound"] = [{"filters": [f"tm.*.*.*.{sym}.>"], "topic": outbound}]
+    return msgspec.convert(base, BridgeConfig).validate()
+
+
+async def _until(cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("bench: the bridge did not finish in time")
+        await asyncio.sleep(0.01)
+
+
+async def _throughput(url: str, bootstrap: str, n: int) -> tuple[float, float]:
+    run = uuid.uuid4().hex[:6].upper()
+    k_in, k_out = f"bench-in-{run}", f"bench-out-{run}"
+    await asyncio.to_thread(create_topics, bootstrap, {k_in: 4, k_out: 4, "bench-dlq": 1})
+    syms = [f"K{run}{i}" for i in range(10)]
+    await asyncio.to_thread(_produce, bootstrap, k_in, [_event(syms[i % 10], i) for i in range(n)])
+    async with Mesh.connect(url, service="bench-bridge") as mesh:
+        async with Bridge(_cfg(bootstrap, f"tin{run}", k_in, None, "x"), mesh) as b:
+            t0 = time.perf_counter()
+            await _until(lambda: b.metrics.kafka_to_nats.delivered >= n, 150)
+            k2n = n / (time.perf_counter() - t0)
+        sym = f"N{run}"
+        events = [_event(sym, i) for i in range(n)]
+        for i in range(0, n, 20000):
+            await mesh.publish_many(events[i : i + 20000])
+        async with Bridge(_cfg(bootstrap, f"tout{run}", None, k_out, sym), mesh) as b:
+            t0 = time.perf_counter()
+            await _until(lambda: b.metrics.nats_to_kafka.delivered >= n, 150)
+            n2k = n / (time.perf_counter() - t0)
+    return k2n, n2k
+
+
+def _kafka_latency(bootstrap: str, topic: str, hist: HdrHistogram, stop: threading.Event) -> None:
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lat-{uuid.uuid4().hex}",
+            "auto.offset.reset": "latest",
+            "fetch.wait.max.ms": 1,
+        }
+    )
+    c.subscribe([topic])
+    while not stop.is_set():
+        for m in c.consume(1000, 0.05):
+            if m.error() is None:
+                e = ev.decode(m.value())
+                hist.record_value(max(1, (time.time_ns() - e.timestamp) // 1000))
+    c.close()
+
+
+async def _latency(url: str, bootstrap: str, rate: int, seconds: float) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:6].upper()
+    k_in, k_out = f"lat-in-{run}", f"lat-out-{run}"
+    await asyncio.to_thread(create_topics, bootstrap, {k_in: 4, k_out: 4, "bench-dlq": 1})
+    k2n_h, n2k_h = HdrHistogram(1, 60_000_000, 3), HdrHistogram(1, 60_000_000, 3)
+    ksym, nsym = f"K{run}", f"N{run}"
+    stop = threading.Event()
+    reader = threading.Thread(target=_kafka_latency, args=(bootstrap, k_out, n2k_h, stop))
+    reader.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    try:
+        async with (
+            Mesh.connect(url, service="bench-bridge") as mesh,
+            Bridge(_cfg(bootstrap, f"lat{run}", k_in, k_out, nsym), mesh) as bridge,
+            mesh.subscribe(f"tm.*.*.*.{ksym}.>", start=Start.new(), ack="none") as sub,
+        ):
+            await asyncio.sleep(2.0)  # consumer group joined, partitions assigned
+
+            async def recv() -> None:
+                async for d in sub:
+                    k2n_h.record_value(max(1, (time.time_ns() - d.event.timestamp) // 1000))
+
+            rx = asyncio.create_task(recv())
+            tick, per_tick = 0.01, max(1, int(rate * 0.01))
+            t_end = time.monotonic() + seconds
+            i = 0
+            next_t = time.monotonic()
+            while time.monotonic() < t_end:
+                batch_k = [_event(ksym, i + j) for j in range(per_tick)]
+                for e in batch_k:
+                    producer.produce(k_in, ev.encode(e), ksym.encode())
+                producer.poll(0)
+                await mesh.publish_many([_event(nsym, i + j) for j in range(per_tick)])
+                i += per_tick
+                next_t += tick
+                await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            await asyncio.to_thread(producer.flush, 10)
+            await asyncio.sleep(2.0)
+            rx.cancel()
+            status = await bridge.status()
+    finally:
+        stop.set()
+        reader.join()
+
+    def q(h: HdrHistogram) -> dict[str, float]:
+        return {
+            "p50": round(h.get_value_at_percentile(50) / 1000, 2),
+            "p99": round(h.get_value_at_percentile(99) / 1000, 2),
+            "count": h.get_total_count(),
+        }
+
+    return {
+        "kafka_to_nats": q(k2n_h),
+        "nats_to_kafka": q(n2k_h),
+        "errors": {
+            "kafka_to_nats": status["kafka_to_nats"]["errors"],
+            "nats_to_kafka": status["nats_to_kafka"]["errors"],
+        },
+    }
+
+
+async def main(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        url, bootstrap = args.nats, args.kafka
+        if not url:
+            nats = NatsServer(stack.enter_context(tempfile.TemporaryDirectory(prefix="bn-")))
+            await nats.start_ready()
+            stack.callback(nats.stop)
+            nc = await connect_nats(nats.url)
+            await provision.apply(nc, provision.load_streams(NATS_CONFIG_DIR), 1)
+            await nc.close()
+            url = nats.url
+        if not bootstrap:
+            kafka = KafkaBroker(stack.enter_context(tempfile.TemporaryDirectory(prefix="bk-")))
+            await kafka.start_ready(timeout=180)
+            stack.callback(kafka.stop)
+            bootstrap = kafka.bootstrap
+        k2n, n2k = await _throughput(url, bootstrap, args.events)
+        print(f"throughput: kafka->nats {k2n:,.0f}/s, nats->kafka {n2k:,.0f}/s", flush=True)
+        lat = await _latency(url, bootstrap, args.rate, args.seconds)
+        print(f"latency at {args.rate}/s each way: {json.dumps(lat)}", flush=True)
+    print(
+        json.dumps(
+            {
+                "kafka_to_nats_per_s": round(k2n),
+                "nats_to_kafka_per_s": round(n2k),
+                "added_latency_ms": {
+                    "kafka_to_nats": lat["kafka_to_nats"],
+                    "nats_to_kafka": lat["nats_to_kafka"],
+                },
+                "events": args.events,
+                "latency_rate_per_s": args.rate,
+            }
+        )
+    )
+    return 0
