@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +46,7 @@ class KeySet:
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
         self._keys: dict[str, Key] = {}
-        self._mtime = 0.0
-        self._checked = 0.0
+        self._mtime: tuple[int, int, int] = (0, 0, 0)
         if settings.hs256_secret:
             self._static = {"dev": Key("dev", "HS256", settings.hs256_secret.encode())}
         else:
@@ -59,12 +57,9 @@ class KeySet:
         path = self._settings.jwks_file
         if not path:
             return
-        now = time.monotonic()
-        if not force and now - self._checked < 0.5:
-            return
-        self._checked = now
         try:
-            mtime = os.stat(path).st_mtime
+            st = os.stat(path)  # a stat per connect is cheap, and rotation takes effect at once
+            mtime = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             return  # keep the keys we have: a file being replaced is briefly absent
         if mtime == self._mtime and not force:
