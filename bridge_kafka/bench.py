@@ -113,7 +113,7 @@ def _kafka_latency(bootstrap: str, topic: str, hist: HdrHistogram, stop: threadi
     )
     c.subscribe([topic])
     while not stop.is_set():
-        for m in c.consume(1000, 0.05):
+        for m in c.consume(1000, 0.005):
             if m.error() is None:
                 e = ev.decode(m.value())
                 hist.record_value(max(1, (time.time_ns() - e.timestamp) // 1000))
