@@ -227,3 +227,18 @@ def events_of(frame: dict[str, Any]) -> list[dict[str, Any]]:
     if frame.get("type") == "batch":
         return list(frame["events"])
     return []
+
+
+async def closed(ws: ClientConnection, timeout: float = 10.0) -> tuple[int, str]:
+    """Reads until the server closes the connection; (close code, reason)."""
+    import asyncio
+
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except ConnectionClosed as e:
+        rcvd = e.rcvd
+    assert rcvd is not None, "closed without a close frame"
+    return rcvd.code, rcvd.reason

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -79,7 +80,5 @@ class RawWs:
 
     async def close(self) -> None:
         self.w.close()
-        try:
+        with contextlib.suppress(OSError):
             await self.w.wait_closed()
-        except OSError:
-            pass

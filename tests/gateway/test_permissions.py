@@ -51,7 +51,7 @@ async def test_tricks_get_errors_and_no_data(
         body = {"op": "subscribe", "id": f"t{i}", **{k: _fill(v, own, other)
                                                        for k, v in req.items()}}
         await ws.send(json.dumps(body))
-        f = await recv_until(ws, lambda f: f.get("id") == f"t{i}")
+        f = await recv_until(ws, lambda f, i=i: f.get("id") == f"t{i}")
         assert f["type"] == "error", (req, f)
         assert f["code"] == code, (req, f)
     # An allowed subscription on the trader's own account, then: another account's order,
@@ -72,7 +72,7 @@ async def test_tricks_get_errors_and_no_data(
 
 
 @pytest.mark.parametrize(
-    "roles,req,allowed",
+    ("roles", "req", "allowed"),
     [
         (["risk_officer"], {"domain": "risk"}, True),
         (["risk_officer"], {"domain": "order"}, False),
