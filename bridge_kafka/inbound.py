@@ -13,6 +13,7 @@ JetStream does not store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
@@ -28,6 +29,9 @@ from mesh.client import Mesh
 from mesh.errors import MeshError
 
 log = logging.getLogger("bridge_kafka")
+
+# Batches published at once (see Inbound._run).
+DEPTH = 3
 
 
 class Inbound:
@@ -71,14 +75,38 @@ class Inbound:
             self._queue.put_nowait(b)
 
     async def _run(self) -> None:
+        # Up to DEPTH batches are published at once (frames go out in batch order on the
+        # one connection, and each batch fits the publisher's window, so one batch never
+        # waits for room in the middle of its frames); offsets are committed strictly in
+        # batch order, when every earlier batch is acked too.
+        room = asyncio.Semaphore(DEPTH)
+        pending: collections.deque[asyncio.Task[tuple[int, list[TopicPartition]]]] = (
+            collections.deque()
+        )
+        chunk = max(500, self.mesh.publisher.window // (DEPTH + 1))
+
+        def commit_ready(_: object) -> None:
+            assert self.consumer is not None
+            while pending and pending[0].done():
+                task = pending.popleft()
+                room.release()
+                if task.cancelled() or task.exception() is not None:
+                    continue  # shutting down: not committed, redelivered next time
+                n, offsets = task.result()
+                self.consumer.done(n, offsets)
+
         while True:
             batch = await self._queue.get()
-            # Take whatever else is waiting too: bigger publish batches, fewer commits.
-            while not self._queue.empty() and len(batch) < 20000:
+            # Take whatever else is waiting too, up to one window share.
+            while not self._queue.empty() and len(batch) < chunk:
                 batch.extend(self._queue.get_nowait())
-            await self._handle(batch)
+            for i in range(0, len(batch), chunk):
+                await room.acquire()
+                task = asyncio.create_task(self._handle(batch[i : i + chunk]))
+                pending.append(task)
+                task.add_done_callback(commit_ready)
 
-    async def _handle(self, batch: list[Message]) -> None:
+    async def _handle(self, batch: list[Message]) -> tuple[int, list[TopicPartition]]:
         d = self.d
         d.received += len(batch)
         items: list[tuple[str, bytes, bytes]] = []
@@ -88,37 +116,45 @@ class Inbound:
             topic, part, off = m.topic(), m.partition(), m.offset()
             next_offset[(topic, part)] = off + 1
             headers = m.headers()
-            if mapping.came_from_nats(headers):
+            if headers and mapping.came_from_nats(headers):
                 d.skipped_loop += 1  # it came from NATS: never sent back there
                 continue
             try:
+                value = m.value()
+                rule = self.rules[topic]
                 event = mapping.kafka_to_event(
-                    self.rules[topic],
+                    rule,
                     self.catalog,
                     topic,
                     part,
                     off,
                     m.key(),
-                    m.value(),
+                    value,
                     headers,
                     m.timestamp()[1],
                     self._max_bytes,
                 )
                 item = mapping.event_to_nats(
-                    event, self.catalog, topic, part, off, headers, self._max_bytes
+                    event,
+                    self.catalog,
+                    topic,
+                    part,
+                    off,
+                    headers,
+                    self._max_bytes,
+                    value if rule.format == "event" else None,
                 )
                 items.append((item.subject, item.headers, item.payload))
             except Poison as p:
                 poison.append((m, p))
-        if poison:
-            await self._dead_letter(poison)
+        # Publish first: its frames are written before this task first waits, which is
+        # what keeps concurrent batches in order on the wire.
         if items:
             await self._publish(items)
         d.delivered += len(items)
-        assert self.consumer is not None
-        self.consumer.done(
-            len(batch), [TopicPartition(t, p, o) for (t, p), o in next_offset.items()]
-        )
+        if poison:
+            await self._dead_letter(poison)
+        return len(batch), [TopicPartition(t, p, o) for (t, p), o in next_offset.items()]
 
     async def _publish(self, items: list[tuple[str, bytes, bytes]]) -> None:
         delay = 0.1

@@ -26,6 +26,7 @@ from mesh import subjects, wire
 from mesh.catalog import Catalog
 from mesh.errors import InvalidEvent, MalformedEvent, UnknownEventType
 from mesh.events import Event
+from mesh.subscriber import Delivery
 
 ORIGIN = "tm-origin"  # Kafka header name
 HDR_ORIGIN = "Tm-Origin"  # NATS header name
@@ -64,6 +65,27 @@ def header(headers: KafkaHeaders | None, name: str) -> str | None:
 
 def came_from_nats(headers: KafkaHeaders | None) -> bool:
     return header(headers, ORIGIN) == FROM_NATS
+
+
+_ORIGIN_KAFKA_RAW = f"{HDR_ORIGIN}: {FROM_KAFKA}\r\n".encode()
+
+
+def nats_came_from_kafka(d: Delivery) -> bool:
+    """Origin check on the raw header block: parsing every delivery's headers into a dict
+    cost more than producing it to Kafka."""
+    raw: bytes | None = getattr(d, "_raw_headers", None)
+    if raw is None:
+        return d.headers.get(HDR_ORIGIN) == FROM_KAFKA
+    return _ORIGIN_KAFKA_RAW in raw
+
+
+def ack_frame(d: Delivery) -> bytes | None:
+    """The +ACK frame for a delivery, to write many at once; None when the delivery has
+    a tracing span to end (then Delivery.ack() is used)."""
+    reply: bytes | None = getattr(d, "_reply", None)
+    if not reply or getattr(d, "_span", None) is not None:
+        return None
+    return b"PUB %s 4\r\n+ACK\r\n" % reply
 
 
 def foreign_event_id(topic: str, partition: int, offset: int) -> str:
@@ -144,9 +166,10 @@ def event_to_nats(
     offset: int,
     headers: KafkaHeaders | None,
     max_bytes: int,
+    raw: bytes | None = None,
 ) -> NatsItem:
     """Subject, headers and payload for JetStream; raises Poison for an unknown type or an
-    invalid subject token."""
+    invalid subject token. `raw`: the record value, reused when it is the event as is."""
     try:
         subject, priority = subjects.route(catalog, event.event_type, event.symbol, event.account)
     except UnknownEventType as e:
@@ -155,11 +178,13 @@ def event_to_nats(
         raise Poison("invalid event", str(e)) from e
     if event.priority is None:
         event.priority = priority
+        raw = None  # the stored form carries the priority: encode it
     elif event.priority != priority:
         raise Poison(
             "invalid event", f"priority {event.priority} but {event.event_type} is {priority}"
         )
-    payload = ev.encode(event)
+    # An event that arrived complete is stored as it came (decoding validated it).
+    payload = raw if raw is not None and event.source else ev.encode(event)
     lines = [
         f"{wire.HDR_MSG_ID}: {event.event_id}",
         f"{wire.HDR_EVENT_TYPE}: {event.event_type}",
@@ -179,10 +204,9 @@ def event_to_nats(
     return NatsItem(subject, block, payload)
 
 
-def nats_to_kafka(
-    rule: OutboundRule, event: Event, nats_headers: Any, stream: str, seq: int
-) -> tuple[bytes | None, bytes, KafkaHeaders]:
+def nats_to_kafka(rule: OutboundRule, d: Delivery) -> tuple[bytes | None, bytes, KafkaHeaders]:
     """Key, value and headers of the Kafka record for one NATS event."""
+    event, stream, seq = d.event, d.stream, d.seq
     key_value = event.symbol if rule.key == "symbol" else event.account
     headers: KafkaHeaders = [
         (ORIGIN, FROM_NATS.encode()),
@@ -191,8 +215,11 @@ def nats_to_kafka(
         (KAFKA_CORRELATION, event.correlation_id.encode()),
         (KAFKA_NATS_POS, f"{stream}/{seq}".encode()),
     ]
-    for name in (wire.HDR_TRACEPARENT, wire.HDR_TRACESTATE):
-        value = nats_headers.get(name)
-        if value:
-            headers.append((name, value.encode()))
+    raw: bytes | None = getattr(d, "_raw_headers", None)
+    if raw is None or b"trace" in raw:  # parse only when there is something to carry
+        nats_headers = d.headers
+        for name in (wire.HDR_TRACEPARENT, wire.HDR_TRACESTATE):
+            value = nats_headers.get(name)
+            if value:
+                headers.append((name, value.encode()))
     return (key_value.encode() if key_value else None), ev.encode(event), headers

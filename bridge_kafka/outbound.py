@@ -21,7 +21,7 @@ from bridge_kafka.config import BridgeConfig, OutboundRule
 from bridge_kafka.kafka_io import ProducerThread
 from bridge_kafka.metrics import Metrics
 from mesh import events as ev
-from mesh import jsapi
+from mesh import jsapi, wire
 from mesh.client import Mesh
 from mesh.subscriber import Delivery, Start, Subscription
 
@@ -76,7 +76,7 @@ class Outbound:
     async def _run(self, sub: Subscription, rule: OutboundRule) -> None:
         async for d in sub:
             self.d.received += 1
-            if d.headers.get(mapping.HDR_ORIGIN) == mapping.FROM_KAFKA:
+            if mapping.nats_came_from_kafka(d):
                 self.d.skipped_loop += 1  # it came from Kafka: never sent back there
                 await d.ack()
                 continue
@@ -88,7 +88,7 @@ class Outbound:
         if pending is not None:
             pending.delivery = d  # ack the newest delivery once Kafka confirms
             return
-        key, value, headers = mapping.nats_to_kafka(rule, d.event, d.headers, d.stream, d.seq)
+        key, value, headers = mapping.nats_to_kafka(rule, d)
         if len(value) > self.cfg.max_record_bytes:
             await self._dead_letter(d, "too large", f"{len(value)} > {self.cfg.max_record_bytes}")
             return
@@ -117,9 +117,22 @@ class Outbound:
         self._tasks.append(task)
 
     async def flush_acks(self) -> None:
+        """All acks confirmed since the last call, written as one burst and one flush
+        (Delivery.ack() flushes per ack, which costs more than the produce)."""
         acks, self._acks = self._acks, []
+        if not acks:
+            return
+        frames = []
         for d in acks:
-            await d.ack()
+            frame = mapping.ack_frame(d)
+            if frame is None:
+                await d.ack()
+            else:
+                frames.append(frame)
+        if frames:
+            nc = self.mesh.nc
+            await wire.write(nc, b"".join(frames))
+            await wire.flush(nc)
 
     async def _dead_letter(self, d: Delivery, reason: str, detail: str) -> None:
         subject = f"{self.cfg.dlq_subject}.{self.cfg.name}"
