@@ -70,6 +70,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_s: float = 10.0
     idle_timeout_s: float = 30.0  # no inbound frame for this long: peer considered dead
     drain_timeout_s: float = 5.0
+    # permessage-deflate costs a zlib pass per recipient per frame: off by default.
+    compression: bool = False
     permissions_file: str = str(DEFAULT_PERMISSIONS)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)

@@ -1,0 +1,207 @@
+"""`mesh bench gateway`: N WebSocket clients in separate processes, a mixed publish load,
+and one JSON line of results.
+
+Everything runs on loopback: a nats-server with the project's streams, one gateway
+process (Quart on Hypercorn), `--procs` client processes (gateway/bench_client.py) and
+the publisher in this process. Each client subscribes to all prices, its account's
+orders and all risk events, so one published price is delivered to every client, an
+order to clients/accounts of them, a critical risk event to every client.
+
+Mix per second of `--rate`: 90% PRICE_UPDATE over `--symbols` symbols, 8% order events,
+2% critical (MARGIN_CALL). Latency is publish timestamp -> client receipt, per priority.
+dropped_critical counts, over clients that stayed connected, critical events published
+in the window that never arrived (it must be 0)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from mesh import provision
+from mesh.client import Mesh, connect_nats
+from mesh.config import NATS_CONFIG_DIR, REPO_ROOT
+from mesh.events import Event
+from mesh.server import NatsServer, free_port
+
+SECRET = "bench-secret-0123456789abcdef0123456789"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    out: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    if not line:
+        raise RuntimeError("a bench process ended early")
+    return line.decode().strip()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="gwbench-"))
+    nats = NatsServer(tmp / "nats")
+    await nats.start_ready()
+    nc = await connect_nats(nats.url)
+    await provision.apply(nc, provision.load_streams(NATS_CONFIG_DIR), 1)
+    await nc.close()
+    port = free_port()
+    cfg = tmp / "gateway.toml"
+    cfg.write_text(f"""
+[gateway]
+heartbeat_s = 10
+[gateway.auth]
+hs256_secret = "{SECRET}"
+[gateway.limits]
+connects_per_s_per_ip = 1000000.0
+connect_burst_per_ip = 1000000
+max_connections_per_user = 10
+""")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # GATEWAY_PROFILE=<file>: run the gateway under cProfile (written when it drains).
+    prof = os.environ.get("GATEWAY_PROFILE")
+    prof_args = ["-m", "cProfile", "-o", prof] if prof else []
+    gw = subprocess.Popen(
+        [sys.executable, *prof_args, "-m", "node.cli", "--url", nats.url, "gateway", "--gateway-config",
+         str(cfg), "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, env=env)
+    clients: list[asyncio.subprocess.Process] = []
+    try:
+        assert gw.stdout is not None
+        while "listening" not in gw.stdout.readline():
+            pass
+        procs = args.procs or max(2, min(8, args.clients // 500 + 1))
+        per = [args.clients // procs + (1 if i < args.clients % procs else 0)
+               for i in range(procs)]
+        first = 0
+        t_setup = time.monotonic()
+        for n in per:
+            clients.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.bench_client", "--url",
+                f"ws://127.0.0.1:{port}/ws", "--secret", SECRET, "--first", str(first),
+                "--count", str(n), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=env,
+                limit=16 * 1024 * 1024))
+            first += n
+        for c in clients:
+            assert await _readline(c, 300) == "ready"
+        setup_s = time.monotonic() - t_setup
+        idle_rss = _rss_mb(gw.pid)
+        async with Mesh.connect(nats.url, service="bench") as mesh:
+            warm = 2.0
+            t0 = time.time() + warm
+            t1 = t0 + args.seconds
+            for c in clients:
+                assert c.stdin is not None
+                c.stdin.write(f"go {t0} {t1}\n".encode())
+                await c.stdin.drain()
+            critical_ids = await _publish(mesh, args, t0, t1)
+            peak_rss = _rss_mb(gw.pid)
+            results = [json.loads(await _readline(c, 120)) for c in clients]
+        m = _metrics(port)
+    finally:
+        for c in clients:
+            with contextlib.suppress(ProcessLookupError):
+                c.kill()
+        gw.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            gw.wait(10)
+        nats.stop()
+    hist: dict[str, HdrHistogram] = {}
+    delivered = conflated = dropped = 0
+    closed: dict[str, int] = {}
+    for r in results:
+        delivered += r["delivered"]
+        conflated += r["conflated"]
+        for k, v in r["closed"].items():
+            closed[k] = closed.get(k, 0) + v
+        for k, enc in r["hist"].items():
+            h = HdrHistogram.decode(enc.encode())
+            if k in hist:
+                hist[k].add(h)
+            else:
+                hist[k] = h
+        for got in r["critical_counts"]:
+            dropped += max(0, critical_ids - got) if got else 0
+    latency = {
+        k: {q: round(h.get_value_at_percentile(p) / 1000, 2)
+            for q, p in (("p50", 50), ("p99", 99), ("p999", 99.9))}
+        for k, h in hist.items() if h.get_total_count()
+    }
+    return {
+        "clients": args.clients,
+        "client_procs": len(per),
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "delivered_per_s": round(delivered / args.seconds),
+        "latency_ms": latency,
+        "gateway_rss_mb": peak_rss,
+        "gateway_idle_rss_mb": idle_rss,
+        "connect_s": round(setup_s, 1),
+        "dropped_critical": dropped + int(m.get('gateway_dropped_total{kind="critical"}', 0)),
+        "conflated": conflated,
+        "gateway_conflated": int(m.get("gateway_conflated_total", 0)),
+        "frames_out": int(m.get("gateway_frames_out_total", 0)),
+        "closed": closed,
+    }
+
+
+async def _publish(mesh: Mesh, args: argparse.Namespace, t0: float, t1: float) -> int:
+    """The mixed load at args.rate events/s in 10 ms ticks; returns how many critical
+    events went out inside the window."""
+    rnd = random.Random(7)
+    symbols = [f"SYM{i}" for i in range(args.symbols)]
+    tick = 0.01
+    per_tick = args.rate * tick
+    owed = 0.0
+    criticals = 0
+    n = 0
+    next_t = time.time()
+    while (now := time.time()) < t1:
+        owed += per_tick
+        batch: list[Event] = []
+        while owed >= 1:
+            owed -= 1
+            n += 1
+            r = rnd.random()
+            if r < 0.02 and t0 <= now:
+                criticals += 1
+                batch.append(Event(event_type="MARGIN_CALL", account=f"ACC{n % 50}",
+                                   symbol=rnd.choice(symbols), payload={"n": n}))
+            elif r < 0.10:
+                batch.append(Event(event_type="ORDER_FILLED", account=f"ACC{n % 50}",
+                                   symbol=rnd.choice(symbols), payload={"qty": 100, "n": n}))
+            else:
+                batch.append(Event(event_type="PRICE_UPDATE", symbol=rnd.choice(symbols),
+                                   payload={"price": round(100 + rnd.random(), 4), "n": n}))
+        if batch:
+            await mesh.publish_many(batch)
+        next_t += tick
+        await asyncio.sleep(max(0.0, next_t - time.time()))
+    return criticals
