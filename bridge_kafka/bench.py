@@ -115,7 +115,7 @@ def _kafka_latency(bootstrap: str, topic: str, hist: HdrHistogram, stop: threadi
     while not stop.is_set():
         for m in c.consume(1000, 0.005):
             if m.error() is None:
-                e = ev.decode(m.value())
+                e = ev.decode(m.value() or b"")
                 hist.record_value(max(1, (time.time_ns() - e.timestamp) // 1000))
     c.close()
 

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bridge_kafka.errors import KafkaBrokerError
 from mesh.server import free_port
@@ -266,8 +266,6 @@ def console_producer(bootstrap: str, topic: str, *props: str) -> list[str]:
 
 def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> None:
     """Create topics (name -> partitions) if absent; blocking, call through to_thread."""
-    from confluent_kafka.admin import NewTopic
-
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import time
+from typing import cast
 
 from confluent_kafka import Message, TopicPartition
 
@@ -113,9 +114,10 @@ class Inbound:
         poison: list[tuple[Message, Poison]] = []
         next_offset: dict[tuple[str, int], int] = {}
         for m in batch:
-            topic, part, off = m.topic(), m.partition(), m.offset()
+            # Consumed messages always have these (None only on error events).
+            topic, part, off = cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
             next_offset[(topic, part)] = off + 1
-            headers = m.headers()
+            headers = cast(mapping.KafkaHeaders | None, m.headers())
             if headers and mapping.came_from_nats(headers):
                 d.skipped_loop += 1  # it came from NATS: never sent back there
                 continue
@@ -178,8 +180,8 @@ class Inbound:
             for m, p in poison:
                 fut: asyncio.Future[None] = loop.create_future()
                 futures.append(fut)
-                headers = [
-                    *list(m.headers() or []),
+                headers: mapping.KafkaHeaders = [
+                    *cast(mapping.KafkaHeaders, m.headers() or []),
                     ("tm-dlq-reason", p.reason.encode()),
                     ("tm-dlq-detail", p.detail[:500].encode()),
                     ("tm-dlq-source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()),

@@ -81,7 +81,7 @@ class ProducerThread:
                 # 0 = never give up: a broker outage is waited out, in order, instead of
                 # failing records that would then need resending (and could reorder).
                 "message.timeout.ms": 0,
-                "linger.ms": 2,
+                "linger.ms": 1,
                 "batch.num.messages": 10000,
                 "queue.buffering.max.messages": 500000,
                 "compression.type": "lz4",
@@ -101,7 +101,7 @@ class ProducerThread:
         topic: str,
         key: bytes | None,
         value: bytes,
-        headers: list[tuple[str, bytes]],
+        headers: list[tuple[str, str | bytes | None]],
         opaque: Any,
     ) -> None:
         """Non-blocking; raises BufferError when librdkafka's queue is full."""
@@ -177,7 +177,7 @@ class ConsumerThread:
                 "isolation.level": "read_committed",
                 "statistics.interval.ms": 1000,
                 "stats_cb": self._on_stats,
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": 2,
                 "logger": _quiet_logger(),
             }
             | conf
@@ -209,7 +209,10 @@ class ConsumerThread:
         if merged:
             tps = [TopicPartition(t, p, o) for (t, p), o in merged.items()]
             try:
-                self.consumer.commit(offsets=tps, asynchronous=not sync)
+                if sync:
+                    self.consumer.commit(offsets=tps, asynchronous=False)
+                else:
+                    self.consumer.commit(offsets=tps, asynchronous=True)
             except Exception as e:  # e.g. partitions no longer ours after a rebalance
                 log.warning("kafka commit: %s", e)
 

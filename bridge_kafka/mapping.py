@@ -42,7 +42,8 @@ FROM_NATS = "nats"
 # gets the same id (and so the same Nats-Msg-Id).
 _FOREIGN_NS = uuid.UUID("6f1c2a5e-7b0d-4c1e-9a43-5b8e0d2f9c17")
 
-KafkaHeaders = list[tuple[str, bytes]]
+# As confluent-kafka hands them over (values may be str, bytes or None).
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 _json = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -59,7 +60,9 @@ def header(headers: KafkaHeaders | None, name: str) -> str | None:
         return None
     for k, v in headers:
         if k == name:
-            return v.decode(errors="replace") if v is not None else ""
+            if v is None:
+                return ""
+            return v.decode(errors="replace") if isinstance(v, bytes) else v
     return None
 
 
