@@ -10,19 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from typing import TypeAlias
 
 from nats.aio.client import Client
 
 from mesh import wire
 
-
-class Raw:
-    __slots__ = ("data", "reply", "subject")
-
-    def __init__(self, subject: bytes, reply: bytes, data: bytes) -> None:
-        self.subject = subject
-        self.reply = reply
-        self.data = data
+Raw: TypeAlias = tuple[bytes, bytes, bytes]  # subject, reply (the ack subject), payload
 
 
 class Puller:
@@ -44,7 +38,7 @@ class Puller:
         if not reply:  # a status (404 no messages, 408 expired, 409 ...): this pull is over
             self._done.set()
             return None
-        self._got.append(Raw(subj, reply, data))
+        self._got.append((subj, reply, data))
         if len(self._got) >= self._want:
             self._done.set()
         return None

@@ -75,7 +75,7 @@ class Batch:
     seqs: list[int] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     day: int = -1
-    last_msg: Raw | None = None
+    last_reply: bytes = b""
 
     @property
     def token(self) -> str:
@@ -97,13 +97,6 @@ def _timestamp(data: bytes) -> int:
         return 0
 
 
-def _stream_seq(reply: bytes) -> int:
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> (9 tokens) or the
-    # v2 form with <domain>.<account hash> after ACK (11 or 12 tokens).
-    t = reply.split(b".")
-    return int(t[5] if len(t) == 9 else t[7])
-
-
 class StreamSink:
     """Moves one stream into the table."""
 
@@ -117,7 +110,8 @@ class StreamSink:
         self._client: Client | None = None
         self.stats = StreamStats(stream)
         self._seen = -1  # highest sequence held or committed; -1 until read from the table
-        self._carry: tuple[Raw, int, int] | None = None
+        self._leftover: list[Raw] = []  # fetched but not yet batched (after a day cut)
+        self._tail = 0  # rsplit count that isolates the stream sequence in an ack subject
         self.durable = f"{cfg.durable_prefix}-{stream}"
 
     # -- ClickHouse side (runs in a worker thread: chDB and HTTP calls block) --------------
@@ -192,59 +186,62 @@ class StreamSink:
         await puller.start()
         return puller
 
-    def _add(self, batch: Batch, msg: Raw, seq: int, ts: int) -> None:
-        batch.lines.append(
-            b'{"stream":"%s","seq":%d,"domain":"%s",'
-            % (self.stream.encode(), seq, msg.subject.split(b".", 3)[2])
-            + msg.data[1:]
-        )
-        batch.seqs.append(seq)
-        batch.raw.append(msg.data)
-        batch.last_msg = msg
-        if batch.day < 0:
-            batch.day = ts // _DAY_NS
-
     async def _collect(self, psub: Puller) -> Batch:
-        """Next batch: up to batch_rows messages, batch_ms after its first, one day only."""
+        """Next batch: up to batch_rows messages, batch_ms after its first, one day only.
+
+        The hot loop of the sink (one pass per event), so it is written flat: the line
+        ClickHouse gets is the event's JSON with stream, seq and domain spliced in front."""
         batch = Batch(self.stream)
-        if self._carry is not None:
-            self._add(batch, *self._carry)
-            self._carry = None
-        deadline: float | None = time.monotonic() + self.cfg.batch_ms / 1000 if batch.seqs else None
-        stale: tuple[Raw, int] | None = None
-        while len(batch.seqs) < self.cfg.batch_rows:
+        lines, seqs, raws = batch.lines, batch.seqs, batch.raw
+        head = b'{"stream":"' + self.stream.encode() + b'","seq":'
+        limit = self.cfg.batch_rows
+        span = self.cfg.batch_ms / 1000
+        deadline: float | None = None
+        stale: tuple[bytes, int] | None = None
+        msgs, self._leftover = self._leftover, []
+        seen, day, polled = self._seen, -1, time.monotonic()
+        while True:
+            for k, (subj, reply, data) in enumerate(msgs):
+                if not self._tail:
+                    n = reply.count(b".") + 1
+                    self._tail = n - (5 if n == 9 else 7)
+                seq = int(reply.rsplit(b".", self._tail)[1])
+                if seq <= seen:
+                    stale = (reply, seq)  # a redelivery of something held or committed
+                    self.stats.redeliveries_dropped += 1
+                    continue
+                ts = _timestamp(data) if data.startswith(b"{") else 0
+                if ts // _DAY_NS != day:
+                    if seqs:  # never two partitions in one insert: cut, keep the rest
+                        self._leftover = msgs[k:]
+                        break
+                    day = ts // _DAY_NS
+                seen = seq
+                lines.append(
+                    b'%s%d,"domain":"%s",%s' % (head, seq, subj.split(b".", 3)[2], data[1:])
+                )
+                seqs.append(seq)
+                raws.append(data)
+                batch.last_reply = reply
+            self._seen = seen
+            if self._leftover or len(seqs) >= limit:
+                break
+            if deadline is None and seqs:
+                deadline = polled + span  # the batch_ms include the poll that started it
             # an empty batch still polls in batch_ms slices: a pull waits for its full count
             # or its expiry, so a long first wait would become lag for a trickle of events
-            timeout = self.cfg.batch_ms / 1000 if deadline is None else deadline - time.monotonic()
+            timeout = span if deadline is None else deadline - time.monotonic()
             if timeout <= 0.001:
                 break
             polled = time.monotonic()
-            msgs = await psub.fetch(min(self.cfg.batch_rows - len(batch.seqs), 10_000), timeout)
-            if not msgs:
-                if deadline is None and not batch.seqs:
-                    continue
+            msgs = await psub.fetch(min(limit - len(seqs), 10_000), timeout)
+            if not msgs and seqs:
                 break
-            for msg in msgs:
-                seq = _stream_seq(msg.reply)
-                if seq <= self._seen:
-                    stale = (msg, seq)  # a redelivery of something held or committed
-                    self.stats.redeliveries_dropped += 1
-                    continue
-                self._seen = seq
-                ts = _timestamp(msg.data) if msg.data.startswith(b"{") else 0
-                if batch.seqs and ts // _DAY_NS != batch.day:
-                    # never two partitions in one insert: cut here, carry the message over
-                    self._carry = (msg, seq, ts)
-                    break
-                self._add(batch, msg, seq, ts)
-            if self._carry is not None:
-                break
-            if deadline is None and batch.seqs:
-                deadline = polled + self.cfg.batch_ms / 1000  # the batch_ms include that poll
+        batch.day = day
         if stale is not None and stale[1] <= self.stats.committed_seq:
             # AckAll: move the ack floor past committed redeliveries we dropped (never past
             # a batch still being inserted)
-            await psub.ack(stale[0].reply)
+            await psub.ack(stale[0])
         return batch
 
     async def _commit(self, batch: Batch, psub: Puller) -> None:
@@ -264,8 +261,7 @@ class StreamSink:
                 self._drop_client()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-        if batch.last_msg is not None:
-            await psub.ack(batch.last_msg.reply)
+        await psub.ack(batch.last_reply)
         self.stats.rows += len(batch.lines)
         self.stats.batches += 1
         self.stats.committed_seq = batch.seqs[-1]
@@ -351,5 +347,5 @@ async def _supervise(sink: StreamSink) -> None:
             sink._note_failure(e)
             log.exception("%s: sink stopped, restarting in 1 s", sink.stream)
             sink._seen = -1  # re-read the high-water mark: held batches were lost
-            sink._carry = None
+            sink._leftover = []
             await asyncio.sleep(1.0)
