@@ -141,6 +141,13 @@ def _store_where(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 async def cmd_replay(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
+    try:
+        return await _replay(args, cfg)
+    except ClickHouseError as e:
+        raise QueryFailed(_first_line(str(e))) from e
+
+
+async def _replay(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     since = (
         when(args.since, datetime.now(UTC) - timedelta(hours=1))
         if (args.since or not args.start_seq)

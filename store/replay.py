@@ -30,11 +30,17 @@ COLUMNS = (
 )
 
 
-def select(db: str, since: datetime, until: datetime, where: str = "") -> str:
+PAGE = 2_000  # rows per query: replays of any size stay under the endpoint's row limit
+
+
+def select(db: str, where: str = "") -> str:
+    """One page of a range, keyset-paginated on the (timestamp, stream, seq) order."""
     extra = f" AND ({where})" if where else ""
     return (
         f"SELECT {COLUMNS} FROM {db}.{TABLE} WHERE ts >= {{since:DateTime64(9)}} AND "
-        f"ts < {{until:DateTime64(9)}}{extra} ORDER BY ts, stream, seq"
+        f"ts < {{until:DateTime64(9)}}{extra} AND (timestamp, stream, seq) > "
+        "({after_t:Int64}, {after_s:String}, {after_q:UInt64}) "
+        f"ORDER BY timestamp, stream, seq LIMIT {PAGE}"
     )
 
 
@@ -74,9 +80,18 @@ def events(
     where: str = "",
     parameters: dict[str, Any] | None = None,
 ) -> Iterator[Event]:
-    params = {"since": since, "until": until, **(parameters or {})}
-    for _, _, e in stored(client, select(db, since, until, where), params):
-        yield e
+    """Events of a time range in (time, stream, seq) order, page by page."""
+    params: dict[str, Any] = {"since": since, "until": until, **(parameters or {})}
+    after: tuple[int, str, int] = (-(2**63), "", 0)
+    while True:
+        params.update(after_t=after[0], after_s=after[1], after_q=after[2])
+        rows = client.query(select(db, where), parameters=params).result_rows
+        for r in rows:
+            yield to_event(r)
+        if len(rows) < PAGE:
+            return
+        last = rows[-1]
+        after = (int(last[9]), str(last[12]), int(last[13]))
 
 
 def chain_rows(client: Client, db: str, correlation_id: str) -> list[tuple[str, int, Event]]:

@@ -3,14 +3,17 @@ per process), a database of its own for each test."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from mesh.server import free_port
 from store import db, schema
 from store.config import StoreConfig
+from store.endpoint import ReadOnlyEndpoint, serve
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +39,30 @@ def client(store_cfg: StoreConfig) -> Iterator[Client]:
     yield c
     c.command(f"DROP DATABASE IF EXISTS {store_cfg.database}")
     c.close()
+
+
+@pytest.fixture
+async def endpoint(  # 5000 rows (AAPL, A1, corr-0..499) served read-only on this port
+    store_cfg: StoreConfig, client: Client
+) -> AsyncIterator[int]:
+    client.command(
+        f"INSERT INTO {store_cfg.database}.events (timestamp, event_id, event_type, domain, "
+        "symbol, account, stream, seq, correlation_id) SELECT toUnixTimestamp64Nano(now64(9)) "
+        "- 1000000000 + number, generateUUIDv7(), 'PRICE_UPDATE', 'market', 'AAPL', 'A1', "
+        "'TM_HIGH', number + 1, concat('corr-', toString(intDiv(number, 10))) FROM numbers(5000)"
+    )
+    port = free_port()
+    cfg = StoreConfig(
+        target=store_cfg.target,
+        database=store_cfg.database,
+        max_result_rows=3000,
+        max_execution_time=1.0,
+    )
+    app = ReadOnlyEndpoint(lambda **kw: db.connect(cfg.target, **kw), cfg)
+    started = asyncio.Event()
+    task = asyncio.create_task(serve(app, "127.0.0.1", port, started))
+    await started.wait()
+    yield port
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    app.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import clickhouse_connect
@@ -12,35 +11,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from mesh.server import free_port
-from store import db
 from store.config import StoreConfig
-from store.endpoint import ReadOnlyEndpoint, serve
-
-
-@pytest.fixture
-async def endpoint(store_cfg: StoreConfig, client: Client) -> AsyncIterator[int]:
-    client.command(
-        f"INSERT INTO {store_cfg.database}.events (timestamp, event_id, event_type, domain, "
-        "symbol, account, stream, seq) SELECT toUnixTimestamp64Nano(now64(9)) - 1000000000 "
-        "+ number, generateUUIDv7(), "
-        "'PRICE_UPDATE', 'market', 'AAPL', 'A1', 'TM_HIGH', number + 1 FROM numbers(5000)"
-    )
-    port = free_port()
-    cfg = StoreConfig(
-        target=store_cfg.target,
-        database=store_cfg.database,
-        max_result_rows=3000,
-        max_execution_time=1.0,
-    )
-    app = ReadOnlyEndpoint(lambda **kw: db.connect(cfg.target, **kw), cfg)
-    started = asyncio.Event()
-    task = asyncio.create_task(serve(app, "127.0.0.1", port, started))
-    await started.wait()
-    yield port
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    app.close()
 
 
 def http_client(port: int, password: str = "audit-dev") -> Client:
