@@ -36,6 +36,8 @@ from mesh.events import Event
 from mesh.server import NatsServer
 from mesh.subscriber import Start
 
+WARMUP = 2.0
+
 
 def _event(sym: str, i: int) -> Event:
     return Event(event_type="PRICE_UPDATE", symbol=sym, account="BENCH", payload={"px": i})
@@ -102,7 +104,9 @@ async def _throughput(url: str, bootstrap: str, n: int) -> tuple[float, float]:
     return k2n, n2k
 
 
-def _kafka_latency(bootstrap: str, topic: str, hist: HdrHistogram, stop: threading.Event) -> None:
+def _kafka_latency(
+    bootstrap: str, topic: str, hist: HdrHistogram, stop: threading.Event, since: list[int]
+) -> None:
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -116,7 +120,8 @@ def _kafka_latency(bootstrap: str, topic: str, hist: HdrHistogram, stop: threadi
         for m in c.consume(1000, 0.005):
             if m.error() is None:
                 e = ev.decode(m.value() or b"")
-                hist.record_value(max(1, (time.time_ns() - e.timestamp) // 1000))
+                if e.timestamp >= since[0]:
+                    hist.record_value(max(1, (time.time_ns() - e.timestamp) // 1000))
     c.close()
 
 
@@ -127,7 +132,10 @@ async def _latency(url: str, bootstrap: str, rate: int, seconds: float) -> dict[
     k2n_h, n2k_h = HdrHistogram(1, 60_000_000, 3), HdrHistogram(1, 60_000_000, 3)
     ksym, nsym = f"K{run}", f"N{run}"
     stop = threading.Event()
-    reader = threading.Thread(target=_kafka_latency, args=(bootstrap, k_out, n2k_h, stop))
+    # Events created in the first WARMUP seconds are not measured (JIT of a fresh broker,
+    # consumer group joins): set once the load starts.
+    since = [2**62]
+    reader = threading.Thread(target=_kafka_latency, args=(bootstrap, k_out, n2k_h, stop, since))
     reader.start()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
     try:
@@ -140,11 +148,13 @@ async def _latency(url: str, bootstrap: str, rate: int, seconds: float) -> dict[
 
             async def recv() -> None:
                 async for d in sub:
-                    k2n_h.record_value(max(1, (time.time_ns() - d.event.timestamp) // 1000))
+                    if d.event.timestamp >= since[0]:
+                        k2n_h.record_value(max(1, (time.time_ns() - d.event.timestamp) // 1000))
 
             rx = asyncio.create_task(recv())
             tick, per_tick = 0.01, max(1, int(rate * 0.01))
-            t_end = time.monotonic() + seconds
+            since[0] = time.time_ns() + int(WARMUP * 1e9)
+            t_end = time.monotonic() + seconds + WARMUP
             i = 0
             next_t = time.monotonic()
             while time.monotonic() < t_end:

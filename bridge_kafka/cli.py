@@ -109,9 +109,7 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     k.set_defaults(fn=cmd_kafka)
     bb = benches.add_parser("bridge", help="bridge throughput each way and added latency")
     bb.add_argument("--events", type=int, default=200_000, help="events per direction")
-    bb.add_argument(
-        "--rate", type=int, default=2000, help="events/s each way in the latency phase"
-    )
+    bb.add_argument("--rate", type=int, default=2000, help="events/s each way in the latency phase")
     bb.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
     bb.add_argument("--kafka", help="use this Kafka instead of starting one")
     bb.add_argument("--nats", help="use this NATS instead of starting one")
