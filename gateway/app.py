@@ -51,6 +51,8 @@ class Gateway:
         self._nats_ok = True
         self._ticker: asyncio.Task[None] | None = None
         self._empty = asyncio.Event()
+        self.flush_set: set[Session] = set()
+        self._flusher: asyncio.Task[None] | None = None
 
     def _queue_depth(self) -> dict[str, int]:
         out = {"market": 0, "must": 0}
@@ -61,6 +63,21 @@ class Gateway:
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick())
+        if self.settings.flush_ms > 0:
+            self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        """Wakes the writers of sessions with non-critical events queued, every flush_ms:
+        the per-frame cost, not the per-event cost, limits a WebSocket server, so events
+        that arrive within one tick share a frame."""
+        interval = self.settings.flush_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if self.flush_set:
+                dirty = list(self.flush_set)
+                self.flush_set.clear()
+                for s in dirty:
+                    s.flush()
 
     async def _tick(self) -> None:
         while True:
@@ -145,10 +162,11 @@ class Gateway:
                 await asyncio.wait_for(self._empty.wait(), self.settings.drain_timeout_s)
 
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.hub.close()
 
 

@@ -64,6 +64,23 @@ async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
     return line.decode().strip()
 
 
+def _spawn_gateway(nats_url: str, cfg: Path, port: int) -> subprocess.Popen[str]:
+    """The gateway process, returned once it listens. GATEWAY_PROFILE=<file> runs it
+    under cProfile (the profile is written when it drains on SIGTERM)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    prof = os.environ.get("GATEWAY_PROFILE")
+    prof_args = ["-m", "cProfile", "-o", prof] if prof else []
+    gw = subprocess.Popen(
+        [sys.executable, *prof_args, "-m", "node.cli", "--url", nats_url, "gateway",
+         "--gateway-config", str(cfg), "--port", str(port)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert gw.stdout is not None
+    for line in gw.stdout:
+        if "listening" in line:
+            return gw
+    raise RuntimeError("the gateway did not start")
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="gwbench-"))
     nats = NatsServer(tmp / "nats")
@@ -84,18 +101,9 @@ connect_burst_per_ip = 1000000
 max_connections_per_user = 10
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    # GATEWAY_PROFILE=<file>: run the gateway under cProfile (written when it drains).
-    prof = os.environ.get("GATEWAY_PROFILE")
-    prof_args = ["-m", "cProfile", "-o", prof] if prof else []
-    gw = subprocess.Popen(
-        [sys.executable, *prof_args, "-m", "node.cli", "--url", nats.url, "gateway", "--gateway-config",
-         str(cfg), "--port", str(port)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, env=env)
+    gw = await asyncio.to_thread(_spawn_gateway, nats.url, cfg, port)
     clients: list[asyncio.subprocess.Process] = []
     try:
-        assert gw.stdout is not None
-        while "listening" not in gw.stdout.readline():
-            pass
         procs = args.procs or max(2, min(8, args.clients // 500 + 1))
         per = [args.clients // procs + (1 if i < args.clients % procs else 0)
                for i in range(procs)]
@@ -123,6 +131,8 @@ max_connections_per_user = 10
                 await c.stdin.drain()
             critical_ids = await _publish(mesh, args, t0, t1)
             peak_rss = _rss_mb(gw.pid)
+            await mesh.publish(Event(event_type="MARGIN_CALL", symbol="ENDMARK",
+                                     account="ACC0"))
             results = [json.loads(await _readline(c, 120)) for c in clients]
         m = _metrics(port)
     finally:
@@ -136,7 +146,9 @@ max_connections_per_user = 10
     hist: dict[str, HdrHistogram] = {}
     delivered = conflated = dropped = 0
     closed: dict[str, int] = {}
+    unfinished = 0
     for r in results:
+        unfinished += r["unfinished"]
         delivered += r["delivered"]
         conflated += r["conflated"]
         for k, v in r["closed"].items():
@@ -147,8 +159,9 @@ max_connections_per_user = 10
                 hist[k].add(h)
             else:
                 hist[k] = h
-        for got in r["critical_counts"]:
-            dropped += max(0, critical_ids - got) if got else 0
+        if not r["unfinished"] and not r["closed"]:
+            for got in r["critical_counts"]:
+                dropped += max(0, critical_ids - got)
     latency = {
         k: {q: round(h.get_value_at_percentile(p) / 1000, 2)
             for q, p in (("p50", 50), ("p99", 99), ("p999", 99.9))}
@@ -165,8 +178,10 @@ max_connections_per_user = 10
         "gateway_idle_rss_mb": idle_rss,
         "connect_s": round(setup_s, 1),
         "dropped_critical": dropped + int(m.get('gateway_dropped_total{kind="critical"}', 0)),
-        "conflated": conflated,
-        "gateway_conflated": int(m.get("gateway_conflated_total", 0)),
+        "conflated": int(m.get("gateway_conflated_total", 0)),
+        "conflated_seen_by_clients": conflated,
+        "critical_published": critical_ids,
+        "clients_behind_at_end": unfinished,
         "frames_out": int(m.get("gateway_frames_out_total", 0)),
         "closed": closed,
     }

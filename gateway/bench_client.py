@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -23,6 +24,7 @@ class Ev(msgspec.Struct):
     priority: str = ""
     timestamp: int = 0
     event_id: str = ""
+    symbol: str | None = None
 
 
 class Item(msgspec.Struct):
@@ -40,6 +42,9 @@ class Frame(msgspec.Struct):
 
 decode = msgspec.json.Decoder(Frame).decode
 PRIOS = ("critical", "high", "standard", "background")
+# The publisher's last event: a critical one with this symbol. Critical events reach a
+# client in order, so a client that has it has every critical event published before.
+END = "ENDMARK"
 
 
 class Stats:
@@ -49,6 +54,9 @@ class Stats:
         self.conflated = 0
         self.critical_ids: list[set[str]] = []
         self.closed: dict[str, int] = {}
+        self.finished = 0  # clients that saw the end marker
+        self.all_finished = asyncio.Event()
+        self.total = 0
         self.t0 = float("inf")
         self.t1 = float("inf")
 
@@ -76,7 +84,7 @@ async def run_client(url: str, token: str, account: str, stats: Stats, ready: as
             if ready_count[0] == total:
                 ready.set()
             await consume(ws, stats, crit)
-    except Exception as e:  # noqa: BLE001 - reported, not raised: one client's end
+    except Exception as e:
         key = type(e).__name__
         rcvd = getattr(e, "rcvd", None)
         if rcvd is not None:
@@ -102,6 +110,11 @@ async def consume(ws: ClientConnection, stats: Stats, crit: set[str]) -> None:
         in_window = stats.t0 <= now / 1e9 <= stats.t1
         for ev, conflated in items:
             if ev.priority == "critical":
+                if ev.symbol == END:
+                    stats.finished += 1
+                    if stats.finished == stats.total:
+                        stats.all_finished.set()
+                    continue
                 crit.add(ev.event_id)
             if not in_window:
                 continue
@@ -119,9 +132,10 @@ async def main() -> None:
     p.add_argument("--first", type=int, required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--accounts", type=int, default=50)
-    p.add_argument("--grace", type=float, default=3.0)
+    p.add_argument("--grace", type=float, default=30.0, help="wait for the end marker")
     a = p.parse_args()
     stats = Stats()
+    stats.total = a.count
     ready = asyncio.Event()
     ready_count = [0]
     now = int(time.time())
@@ -141,7 +155,9 @@ async def main() -> None:
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     _, t0, t1 = line.split()
     stats.t0, stats.t1 = float(t0), float(t1)
-    await asyncio.sleep(max(0.0, stats.t1 - time.time()) + a.grace)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stats.all_finished.wait(),
+                               max(0.0, stats.t1 - time.time()) + a.grace)
     for t in tasks:
         t.cancel()
     out = {
@@ -149,7 +165,9 @@ async def main() -> None:
         "conflated": stats.conflated,
         "hist": {k: h.encode().decode() for k, h in stats.hist.items()},
         "critical_counts": [len(s) for s in stats.critical_ids],
+        "unfinished": stats.total - stats.finished,
         "closed": stats.closed,
+        "finished": stats.finished,
     }
     print(json.dumps(out), flush=True)
 

@@ -79,7 +79,8 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     b = benches.add_parser("gateway", help="N WebSocket clients under a mixed load")
     b.add_argument("--clients", type=int, default=1000)
     b.add_argument("--procs", type=int, default=0, help="client processes (default: auto)")
-    b.add_argument("--seconds", type=float, default=20.0)
-    b.add_argument("--rate", type=int, default=2000, help="published events/s (mixed)")
+    b.add_argument("--seconds", type=float, default=15.0)
+    b.add_argument("--rate", type=int, default=60,
+                   help="published events/s (mixed); each reaches ~92%% of the clients")
     b.add_argument("--symbols", type=int, default=20)
     b.set_defaults(fn=cmd_bench)

@@ -39,8 +39,10 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True):
     connects_per_s_per_ip: float = 50.0
     connect_burst_per_ip: int = 200
     max_frame_bytes: int = 64 * 1024  # larger inbound frames get an error frame
-    # Hypercorn closes the connection (1009) above this; between the two, an error frame.
-    hard_frame_bytes: int = 1024 * 1024
+    # Hypercorn's own limit; between max_frame_bytes and this, an error frame. Above it
+    # Hypercorn sends 1009 and stops reading (not covered by the tests: the connection
+    # was seen to hang until the client gave up).
+    hard_frame_bytes: int = 16 * 1024 * 1024
     max_resume_events: int = 200_000  # per subscribe; beyond: ask for a snapshot instead
 
 
@@ -68,6 +70,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     reuse_port: bool = False
     instance: str = ""
     heartbeat_s: float = 10.0
+    # Non-critical events are flushed to each socket every flush_ms (one batch frame per
+    # tick); critical events are sent at once. 0: every event wakes its writer.
+    flush_ms: float = 10.0
     idle_timeout_s: float = 30.0  # no inbound frame for this long: peer considered dead
     drain_timeout_s: float = 5.0
     # permessage-deflate costs a zlib pass per recipient per frame: off by default.

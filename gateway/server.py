@@ -100,7 +100,7 @@ async def run(settings: GatewaySettings, mesh: Mesh, catalog: Catalog,
     if ready is not None:
         ready.set()
     try:
-        await serve(app, hypercorn_config(settings, sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await serve(app, hypercorn_config(settings, sock), shutdown_trigger=stop.wait)
     finally:
         await gw.close()
         with contextlib.suppress(OSError):

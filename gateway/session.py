@@ -79,6 +79,12 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.done = asyncio.Event()
+        self._dirty = False
+        self._flush: set[Session] | None = gw.flush_set if gw.settings.flush_ms > 0 else None
+
+    def flush(self) -> None:
+        self._dirty = False
+        self.ready.set()
 
     # -- queueing (called by groups, synchronously) ---------------------------------------
 
@@ -108,7 +114,13 @@ class Session:
             self._n += 1
             lane[self._n] = (out, False)
             self.market_n += 1
-        self.ready.set()
+        if out.rank == 0 or self._flush is None:
+            self.ready.set()  # critical goes out at once
+        elif not self._dirty:
+            # Everything else is coalesced: the gateway's flush tick wakes this writer, so
+            # a busy session sends one batch frame per tick instead of a frame per event.
+            self._dirty = True
+            self._flush.add(self)
 
     def _drop_oldest_market(self, lane: OrderedDict[Any, tuple[Out, bool]]) -> None:
         for k, (o, _) in lane.items():
