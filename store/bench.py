@@ -99,12 +99,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         client.command(
             f"INSERT INTO {cfg.database}.events (timestamp, event_id, event_type, domain, symbol, "
             "account, correlation_id, stream, seq, payload) SELECT "
-            "toUnixTimestamp64Nano(now64(9)) - intDiv(number * 604800000000000, {n}), "
+            "toUnixTimestamp64Nano(now64(9)) - number * {step}, "
             "generateUUIDv7(number), 'ORDER_PLACED', 'order', concat('S', toString(number % {s})), "
             "concat('A', toString(cityHash64(number) % {a})), "
             "concat('c-', toString(intDiv(number, 4))), "
             "'TM_GEN', number + 1, '{{\"px\":1}}' FROM numbers({n})".format(
-                n=args.rows, s=SYMBOLS, a=ACCOUNTS
+                n=args.rows, s=SYMBOLS, a=ACCOUNTS, step=604_800_000_000_000 // args.rows
             ),
             settings={"max_insert_threads": 2},
         )

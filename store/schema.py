@@ -64,8 +64,19 @@ SETTINGS ttl_only_drop_parts = 1,
     ]
 
 
+def _v2(db: str, ttl_seconds: int) -> list[str]:
+    # A lightweight projection (row positions only, sorted by correlation id): the
+    # correlation lookup has no time range, so over 30 days the bloom filter alone still
+    # reads every day's index; this finds the rows through a sorted key instead (measured:
+    # p99 37 -> 15 ms at 3M rows). New parts get it; old parts keep using the bloom filter.
+    return [
+        f"ALTER TABLE {db}.{TABLE} ADD PROJECTION IF NOT EXISTS p_correlation "
+        "(SELECT _part_offset ORDER BY correlation_id)"
+    ]
+
+
 # Append only: a migration, once released, never changes; its index is its version.
-MIGRATIONS: list[Callable[[str, int], list[str]]] = [_v1]
+MIGRATIONS: list[Callable[[str, int], list[str]]] = [_v1, _v2]
 
 
 def ttl_seconds(ttl_days: float) -> int:
