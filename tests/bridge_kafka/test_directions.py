@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker
 from mesh.client import Mesh
 from mesh.events import Event, decode
+from mesh.server import NatsServer
 from mesh.subscriber import Start
+from tests.bridge_kafka.conftest import ROOT
 from tests.bridge_kafka.kafka_helpers import produce_events, read_topic
+from tests.helpers import eventually
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -39,3 +46,36 @@ async def test_nats_to_kafka_delivers_keyed_by_symbol(
     h = dict(records[0].headers())
     assert h["tm-origin"] == b"nats"
     assert h["tm-correlation-id"] == events[0].correlation_id.encode()
+
+
+async def test_status_command_reports_health_counts_and_lag(
+    bridge: Bridge,
+    mesh: Mesh,
+    nats_server: NatsServer,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+) -> None:
+    await mesh.publish_many([Event(event_type="PRICE_UPDATE", symbol=tag) for _ in range(5)])
+    await read_topic(kafka.bootstrap, topics["out"], 5)
+    m = bridge.metrics
+    await eventually(lambda: m.kafka_up and m.nats_to_kafka.delivered == 5, 20, "delivered")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "node.cli",
+        "--url",
+        nats_server.url,
+        "bridge",
+        "status",
+        "--name",
+        bridge.cfg.name,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    status = json.loads(out)
+    assert status["health"] == {"status": "ok", "down": [], "kafka": "up", "nats": "up"}
+    assert status["nats_to_kafka"]["delivered"] == 5
+    assert "lag" in status["kafka_to_nats"]

@@ -27,6 +27,7 @@ async def eventually_async(cond: Any, timeout: float, what: str) -> None:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
 
+
 N = 6000
 
 
