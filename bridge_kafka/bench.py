@@ -6,7 +6,8 @@ the bridge has every one confirmed by the destination (JetStream PubAck / Kafka 
 report). Latency: both directions at `--rate` events/s each for `--seconds`; per event,
 the time from its creation (just before it is handed to the source) to its arrival at a
 subscriber on the other side, which is the bridge's added latency plus one hop of the
-source system. The bridge runs in this process; Kafka, NATS and the load share the 2 cores.
+source system. The bridge runs as its own process (`mesh bridge run`); Kafka, NATS, the bridge and
+the load generator share the 2 cores.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, Producer
 from hdrh.histogram import HdrHistogram
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
 
-from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker, create_topics
 from bridge_kafka.config import BridgeConfig
+from bridge_kafka.process import BridgeProcess
 from mesh import events as ev
 from mesh import provision
 from mesh.client import Mesh, connect_nats
@@ -74,33 +78,45 @@ def _cfg(
     return msgspec.convert(base, BridgeConfig).validate()
 
 
-async def _until(cond: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("bench: the bridge did not finish in time")
-        await asyncio.sleep(0.01)
+async def _delivered(proc: BridgeProcess, nc: Client, direction: str, n: int) -> float:
+    """Seconds from now until the bridge process reports `n` delivered (its status is
+    polled: a count inside another process is announced by nothing)."""
+    t0 = time.perf_counter()
+    deadline = t0 + 150
+    while time.perf_counter() < deadline:
+        try:
+            if (await proc.status(nc))[direction]["delivered"] >= n:
+                return time.perf_counter() - t0
+        except (TimeoutError, NatsTimeout):
+            pass
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"bench: the bridge did not deliver {n} ({direction}) in time")
 
 
-async def _throughput(url: str, bootstrap: str, n: int) -> tuple[float, float]:
+async def _throughput(url: str, bootstrap: str, n: int, work: Path) -> tuple[float, float]:
     run = uuid.uuid4().hex[:6].upper()
     k_in, k_out = f"bench-in-{run}", f"bench-out-{run}"
     await asyncio.to_thread(create_topics, bootstrap, {k_in: 4, k_out: 4, "bench-dlq": 1})
     syms = [f"K{run}{i}" for i in range(10)]
     await asyncio.to_thread(_produce, bootstrap, k_in, [_event(syms[i % 10], i) for i in range(n)])
     async with Mesh.connect(url, service="bench-bridge") as mesh:
-        async with Bridge(_cfg(bootstrap, f"tin{run}", k_in, None, "x"), mesh) as b:
-            t0 = time.perf_counter()
-            await _until(lambda: b.metrics.kafka_to_nats.delivered >= n, 150)
-            k2n = n / (time.perf_counter() - t0)
+        proc = BridgeProcess(_cfg(bootstrap, f"tin{run}", k_in, None, "x"), url, work)
+        await proc.start()
+        try:
+            k2n = n / await _delivered(proc, mesh.nc, "kafka_to_nats", n)
+        finally:
+            proc.stop()
         sym = f"N{run}"
         events = [_event(sym, i) for i in range(n)]
         for i in range(0, n, 20000):
             await mesh.publish_many(events[i : i + 20000])
-        async with Bridge(_cfg(bootstrap, f"tout{run}", None, k_out, sym), mesh) as b:
-            t0 = time.perf_counter()
-            await _until(lambda: b.metrics.nats_to_kafka.delivered >= n, 150)
-            n2k = n / (time.perf_counter() - t0)
+        del events
+        proc = BridgeProcess(_cfg(bootstrap, f"tout{run}", None, k_out, sym), url, work)
+        await proc.start()
+        try:
+            n2k = n / await _delivered(proc, mesh.nc, "nats_to_kafka", n)
+        finally:
+            proc.stop()
     return k2n, n2k
 
 
@@ -125,7 +141,9 @@ def _kafka_latency(
     c.close()
 
 
-async def _latency(url: str, bootstrap: str, rate: int, seconds: float) -> dict[str, Any]:
+async def _latency(
+    url: str, bootstrap: str, rate: int, seconds: float, work: Path
+) -> dict[str, Any]:
     run = uuid.uuid4().hex[:6].upper()
     k_in, k_out = f"lat-in-{run}", f"lat-out-{run}"
     await asyncio.to_thread(create_topics, bootstrap, {k_in: 4, k_out: 4, "bench-dlq": 1})
@@ -138,10 +156,13 @@ async def _latency(url: str, bootstrap: str, rate: int, seconds: float) -> dict[
     reader = threading.Thread(target=_kafka_latency, args=(bootstrap, k_out, n2k_h, stop, since))
     reader.start()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    stack = contextlib.ExitStack()
     try:
+        proc = BridgeProcess(_cfg(bootstrap, f"lat{run}", k_in, k_out, nsym), url, work)
+        stack.callback(proc.stop)
+        await proc.start()
         async with (
             Mesh.connect(url, service="bench-bridge") as mesh,
-            Bridge(_cfg(bootstrap, f"lat{run}", k_in, k_out, nsym), mesh) as bridge,
             mesh.subscribe(f"tm.*.*.*.{ksym}.>", start=Start.new(), ack="none") as sub,
         ):
             await asyncio.sleep(2.0)  # consumer group joined, partitions assigned
@@ -169,8 +190,9 @@ async def _latency(url: str, bootstrap: str, rate: int, seconds: float) -> dict[
             await asyncio.to_thread(producer.flush, 10)
             await asyncio.sleep(2.0)
             rx.cancel()
-            status = await bridge.status()
+            status = await proc.status(mesh.nc)
     finally:
+        stack.close()
         stop.set()
         reader.join()
 
@@ -207,9 +229,10 @@ async def main(args: argparse.Namespace) -> int:
             await kafka.start_ready(timeout=180)
             stack.callback(kafka.stop)
             bootstrap = kafka.bootstrap
-        k2n, n2k = await _throughput(url, bootstrap, args.events)
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bb-")))
+        k2n, n2k = await _throughput(url, bootstrap, args.events, work)
         print(f"throughput: kafka->nats {k2n:,.0f}/s, nats->kafka {n2k:,.0f}/s", flush=True)
-        lat = await _latency(url, bootstrap, args.rate, args.seconds)
+        lat = await _latency(url, bootstrap, args.rate, args.seconds, work)
         print(f"latency at {args.rate}/s each way: {json.dumps(lat)}", flush=True)
     print(
         json.dumps(

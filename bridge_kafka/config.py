@@ -22,6 +22,7 @@ key = "symbol"                    # the record key: "symbol" or "account"
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -109,3 +110,19 @@ def load(path: str | Path) -> BridgeConfig:
         return loads(Path(path).read_text())
     except OSError as e:
         raise BridgeConfigError(f"bridge config {path}: {e}") from e
+
+
+def dumps(cfg: BridgeConfig) -> str:
+    """The config as TOML (for a bridge started as a separate process)."""
+    scalars = {
+        k: v for k, v in msgspec.structs.asdict(cfg).items() if not isinstance(v, list | dict)
+    }
+    lines = [f"{k} = {json.dumps(v)}" for k, v in scalars.items()]
+    if cfg.kafka:
+        lines.append("[kafka]")
+        lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in cfg.kafka.items()]
+    for table, rules in (("inbound", cfg.inbound), ("outbound", cfg.outbound)):
+        for r in rules:
+            lines.append(f"[[{table}]]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in msgspec.structs.asdict(r).items()]
+    return "\n".join(lines) + "\n"

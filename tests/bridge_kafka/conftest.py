@@ -4,10 +4,6 @@ fixtures' real nats-server. The jars are fetched through Maven on first use."""
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,14 +11,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from nats.aio.client import Client
 
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker, create_topics
-from bridge_kafka.config import BridgeConfig, status_subject
+from bridge_kafka.config import BridgeConfig
+from bridge_kafka.process import BridgeProcess
 from mesh.client import Mesh
 from mesh.server import NatsServer
-from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,90 +62,6 @@ async def bridge(
         Bridge(bridge_config(kafka, topics, tag), mesh) as b,
     ):
         yield b
-
-
-class BridgeProcess:
-    """`mesh bridge run` as a separate process, to be SIGKILLed and restarted."""
-
-    def __init__(self, cfg: BridgeConfig, nats_url: str, workdir: Path) -> None:
-        self.cfg = cfg
-        self.nats_url = nats_url
-        self.file = workdir / f"{cfg.name}.toml"
-        self.file.write_text(_to_toml(cfg))
-        self.log = workdir / f"{cfg.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "node.cli",
-                "--url",
-                self.nats_url,
-                "bridge",
-                "run",
-                "-f",
-                str(self.file),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        log.close()
-
-    async def start(self, timeout: float = 30.0) -> None:
-        self.spawn()
-        await eventually(
-            lambda: b"running" in self.log.read_bytes(), timeout, "the bridge process to start"
-        )
-
-    async def status(self, nc: Client) -> dict[str, Any]:
-        msg = await nc.request(status_subject(self.cfg.name), b"", timeout=2.0)
-        out: dict[str, Any] = json.loads(msg.data)
-        return out
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-def _to_toml(cfg: BridgeConfig) -> str:
-    def val(v: object) -> str:
-        return json.dumps(v)
-
-    lines = [
-        f"{k} = {val(getattr(cfg, k))}"
-        for k in (
-            "bootstrap",
-            "name",
-            "dlq_topic",
-            "dlq_subject",
-            "max_record_bytes",
-            "max_inflight_in",
-            "max_inflight_out",
-        )
-    ]
-    for r in cfg.inbound:
-        lines.append("[[inbound]]")
-        lines += [f"{k} = {val(v)}" for k, v in msgspec.structs.asdict(r).items()]
-    for o in cfg.outbound:
-        lines.append("[[outbound]]")
-        lines += [f"{k} = {val(v)}" for k, v in msgspec.structs.asdict(o).items()]
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
