@@ -308,9 +308,17 @@ class StreamSink:
                     pending = None
                 if batch.seqs:
                     pending = asyncio.create_task(self._commit(batch, psub))
-        finally:
+        except asyncio.CancelledError:
+            if pending is not None:  # shutting down: an insert already in ClickHouse's hands
+                pending.cancel()  # completes or not, atomically; the next start reads max(seq)
+            raise
+        except Exception:
             if pending is not None:
-                pending.cancel()
+                # the supervisor re-reads max(seq) next: the in-flight insert must be settled
+                # first, or its rows could be read as missing and inserted again
+                await pending
+            raise
+        finally:
             with contextlib.suppress(Exception):
                 await psub.close()
 
