@@ -27,10 +27,12 @@ import msgspec
 from confluent_kafka import Consumer, Producer
 from hdrh.histogram import HdrHistogram
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from bridge_kafka.broker import KafkaBroker, create_topics
 from bridge_kafka.config import BridgeConfig
+from bridge_kafka.errors import BridgeError
 from bridge_kafka.process import BridgeProcess
 from mesh import events as ev
 from mesh import provision
@@ -79,16 +81,24 @@ def _cfg(
 
 
 async def _delivered(proc: BridgeProcess, nc: Client, direction: str, n: int) -> float:
-    """Seconds from now until the bridge process reports `n` delivered (its status is
-    polled: a count inside another process is announced by nothing)."""
-    t0 = time.perf_counter()
-    deadline = t0 + 150
+    """Events/s from the first delivered event until `n` (the consumer group join or the
+    consumer creation before the first event is start-up, not throughput). The bridge's
+    status is polled: a count inside another process is announced by nothing."""
+    deadline = time.perf_counter() + 150
+    first: tuple[float, int] | None = None
     while time.perf_counter() < deadline:
         try:
-            if (await proc.status(nc))[direction]["delivered"] >= n:
-                return time.perf_counter() - t0
-        except (TimeoutError, NatsTimeout):
-            pass
+            done = (await proc.status(nc))[direction]["delivered"]
+        except (TimeoutError, NatsTimeout, NoRespondersError):
+            # Not subscribed yet, or busy: ask again, unless the process is gone.
+            if proc.proc is None or proc.proc.poll() is not None:
+                raise BridgeError(f"bridge process died: {proc.log.read_text()[-3000:]}") from None
+            continue
+        now = time.perf_counter()
+        if first is None and done > 0:
+            first = (now, done)
+        if done >= n and first is not None:
+            return (n - first[1]) / max(now - first[0], 1e-6)
         await asyncio.sleep(0.02)
     raise TimeoutError(f"bench: the bridge did not deliver {n} ({direction}) in time")
 
@@ -103,7 +113,7 @@ async def _throughput(url: str, bootstrap: str, n: int, work: Path) -> tuple[flo
         proc = BridgeProcess(_cfg(bootstrap, f"tin{run}", k_in, None, "x"), url, work)
         await proc.start()
         try:
-            k2n = n / await _delivered(proc, mesh.nc, "kafka_to_nats", n)
+            k2n = await _delivered(proc, mesh.nc, "kafka_to_nats", n)
         finally:
             proc.stop()
         sym = f"N{run}"
@@ -114,7 +124,7 @@ async def _throughput(url: str, bootstrap: str, n: int, work: Path) -> tuple[flo
         proc = BridgeProcess(_cfg(bootstrap, f"tout{run}", None, k_out, sym), url, work)
         await proc.start()
         try:
-            n2k = n / await _delivered(proc, mesh.nc, "nats_to_kafka", n)
+            n2k = await _delivered(proc, mesh.nc, "nats_to_kafka", n)
         finally:
             proc.stop()
     return k2n, n2k

@@ -75,6 +75,7 @@ class Bridge(AsyncResource):
             self.inbound = Inbound(self.cfg, self.mesh, self.catalog, self.producer, self.metrics)
             self.inbound.start()
         self._status_sub = await self.mesh.nc.subscribe(self.cfg.status_subject, cb=self._status)
+        await self.mesh.nc.flush()  # subscribed at the server before we say "running"
         self._tasks.append(asyncio.create_task(self._ticker(), name="bridge-metrics"))
         log.info(
             "bridge %s: %d inbound, %d outbound rules, Kafka at %s",

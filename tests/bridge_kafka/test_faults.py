@@ -161,3 +161,23 @@ async def test_kafka_down_30s_bridge_waits_and_resumes(
         assert len({d.event.event_id for d in got}) == 4000
     finally:
         broker.stop()
+
+
+async def test_health_names_nats_when_nats_is_down(
+    fresh_server: NatsServer, kafka: KafkaBroker, topics: dict[str, str], tag: str
+) -> None:
+    async with (
+        Mesh.connect(fresh_server.url, service="bridge") as bm,
+        Bridge(bridge_config(kafka, topics, tag), bm) as bridge,
+    ):
+        m = bridge.metrics
+        await eventually(lambda: m.kafka_up and m.nats_up, 30, "both sides up")
+        fresh_server.kill()
+        await eventually(lambda: not m.nats_up, 10, "health to see NATS down")
+        health = (await bridge.status())["health"]
+        assert health["down"] == ["nats"]
+        assert health["nats"] == "down"
+        fresh_server.start()
+        await fresh_server.wait_ready()
+        await eventually(lambda: m.nats_up, 30, "health to see NATS back")
+        assert (await bridge.status())["health"]["status"] == "ok"
