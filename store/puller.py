@@ -26,6 +26,7 @@ class Puller:
         self._got: list[Raw] = []
         self._done = asyncio.Event()
         self._want = 0
+        self._open = False  # a pull request is outstanding
         self._route: wire.Route | None = None
         self._inbox = ""
 
@@ -35,18 +36,19 @@ class Puller:
         self._route.set_handler(self._on_msg)
 
     def _on_msg(self, subj: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        if not reply:  # a status (404 no messages, 408 expired, 409 ...): this pull is over
+        if not reply:  # a status (404 no messages, 408 expired, 409 ...): that pull is over
+            self._open = False
             self._done.set()
             return None
         self._got.append((subj, reply, data))
         if len(self._got) >= self._want:
+            self._open = False
             self._done.set()
         return None
 
-    async def fetch(self, batch: int, timeout: float) -> list[Raw]:
-        """Up to `batch` messages, waiting at most `timeout` s; [] when none came."""
-        self._got = []
-        self._want = batch
+    async def _request(self, batch: int, timeout: float) -> None:
+        self._want = len(self._got) + batch
+        self._open = True
         self._done.clear()
         expires = max(int(timeout * 1e9), 10_000_000)
         await self.nc.publish(
@@ -54,11 +56,23 @@ class Puller:
             json.dumps({"batch": batch, "expires": expires}).encode(),
             reply=self._inbox,
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._done.wait(), timeout + 1.0)
+
+    async def fetch(self, batch: int, timeout: float) -> list[Raw]:
+        """Messages of one pull of up to `batch` (more if a prefetched pull was larger),
+        waiting at most about `timeout` s; [] when none came.
+
+        Messages are never discarded here: whatever arrives after a fetch returned (a pull
+        still running when the wait gave up) is handed out by the next one."""
+        if not self._open:
+            await self._request(batch, timeout)
+        if len(self._got) < self._want:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), timeout + 1.0)
         got, self._got = self._got, []
-        # anything still in flight for this request lands in the next fetch's list: the
-        # sink drops it there by sequence if it is a repeat, so nothing is lost or doubled
+        if len(got) >= batch and not self._open:
+            # a full pull means a backlog: ask for the next one now, so the server streams
+            # it while the caller batches and inserts this one
+            await self._request(batch, timeout)
         return got
 
     async def ack(self, reply: bytes) -> None:

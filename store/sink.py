@@ -110,7 +110,7 @@ class StreamSink:
         self._client: Client | None = None
         self.stats = StreamStats(stream)
         self._seen = -1  # highest sequence held or committed; -1 until read from the table
-        self._leftover: list[Raw] = []  # fetched but not yet batched (after a day cut)
+        self._leftover: list[Raw] = []  # fetched, not yet batched (day cut or batch full)
         self._tail = 0  # rsplit count that isolates the stream sequence in an ack subject
         self.durable = f"{cfg.durable_prefix}-{stream}"
 
@@ -205,6 +205,9 @@ class StreamSink:
                 if not self._tail:
                     n = reply.count(b".") + 1
                     self._tail = n - (5 if n == 9 else 7)
+                if len(seqs) >= limit:  # a prefetched pull brought more than this batch takes
+                    self._leftover = msgs[k:]
+                    break
                 seq = int(reply.rsplit(b".", self._tail)[1])
                 if seq <= seen:
                     stale = (reply, seq)  # a redelivery of something held or committed
