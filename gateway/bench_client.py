@@ -65,9 +65,10 @@ async def run_client(url: str, token: str, account: str, stats: Stats, ready: as
                      ready_count: list[int], total: int) -> None:
     crit: set[str] = set()
     stats.critical_ids.append(crit)
+    subscribed = False
     try:
         async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                           max_size=None, max_queue=64) as ws:
+                           max_size=None, max_queue=64, open_timeout=120) as ws:
             await ws.recv()
             subs = [{"op": "subscribe", "id": "p", "channel": "prices"},
                     {"op": "subscribe", "id": "o", "channel": "orders", "account": account},
@@ -80,11 +81,17 @@ async def run_client(url: str, token: str, account: str, stats: Stats, ready: as
                     ok += 1
                 elif b'"error"' in m:
                     raise RuntimeError(m.decode())
+            subscribed = True
             ready_count[0] += 1
             if ready_count[0] == total:
                 ready.set()
             await consume(ws, stats, crit)
     except Exception as e:
+        if not ready.is_set() and not subscribed:
+            # A client that failed to connect counts as settled, or `ready` never comes.
+            ready_count[0] += 1
+            if ready_count[0] == total:
+                ready.set()
         key = type(e).__name__
         rcvd = getattr(e, "rcvd", None)
         if rcvd is not None:
