@@ -65,19 +65,16 @@ SETTINGS ttl_only_drop_parts = 1,
 
 
 def _v2(db: str, ttl_seconds: int) -> list[str]:
-    # Lookups the sort key (symbol, ts) cannot serve, measured at 3M rows (docs/store.md):
-    # * correlation id (no time range, so over 30 days the bloom filter alone reads every
-    #   day's index): a lightweight projection, row positions sorted by correlation id;
-    # * account + day: an account's rows are spread over ~every granule of the day, so the
-    #   bloom filter keeps nearly all; a full projection sorted by (account, ts) makes them
-    #   contiguous (p50 28 -> 13 ms) for ~80 % more disk. Drop it with
-    #   `ALTER TABLE audit.events DROP PROJECTION p_account` if disk matters more.
-    # New parts get both; parts written before this migration use the bloom filters.
+    # The correlation lookup has no time range, so over 30 days the bloom filter alone
+    # still reads every day's index: a lightweight projection (row positions sorted by
+    # correlation id) finds the rows through a sorted key instead. New parts get it; parts
+    # written before this migration use the bloom filter.
+    # Tried and not kept (docs/store.md, Figures): a full projection sorted by
+    # (account, ts) halves account+day lookups but, at 10M rows, the planner then chose it
+    # for correlation lookups too (p50 15 -> 135-231 ms), and it costs ~80 % more disk.
     return [
         f"ALTER TABLE {db}.{TABLE} ADD PROJECTION IF NOT EXISTS p_correlation "
         "(SELECT _part_offset ORDER BY correlation_id)",
-        f"ALTER TABLE {db}.{TABLE} ADD PROJECTION IF NOT EXISTS p_account "
-        "(SELECT * ORDER BY account, ts)",
     ]
 
 
