@@ -1,7 +1,7 @@
 """Store settings: where the data lives, how the sink batches, what auditors may do.
 
-Read from the `[store]` table of the mesh config file when present, else defaults; every
-field can be overridden by a CLI flag (`mesh store --help`)."""
+Defaults here, overridden by `mesh store` flags (`mesh store --help`). (mesh.toml's
+MeshConfig forbids unknown tables, so there is no `[store]` section yet.)"""
 
 from __future__ import annotations
 

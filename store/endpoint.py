@@ -149,12 +149,17 @@ class ReadOnlyEndpoint:
                 query_id,
             )
             return
-        if headers.get("content-encoding"):
+        if headers.get("content-encoding") or params.get("query", "").lstrip()[:6].upper() == (
+            "INSERT"
+        ):
+            # clickhouse-connect compresses request bodies only for inserts (SQL plus Native
+            # data in one lz4/zstd body); queries come uncompressed. Either way: a write.
             await _error(
                 send,
-                400,
-                UNKNOWN,
-                "Code: 1002. compressed request bodies are not accepted by this read-only endpoint",
+                403,
+                READONLY,
+                "Code: 164. DB::Exception: auditor: Cannot execute query in readonly mode. "
+                "(READONLY)",
                 query_id,
             )
             return

@@ -59,6 +59,13 @@ async def test_writes_and_ddl_refused_with_clickhouse_codes(
             await asyncio.to_thread(c.command, sql)
         assert "164" in str(e.value)
         assert "readonly" in str(e.value).lower()
+    with pytest.raises(DatabaseError, match="164"):  # clickhouse-connect's own insert path
+        await asyncio.to_thread(
+            c.insert,
+            f"{store_cfg.database}.events",
+            [[1, "TM_HIGH"]],
+            column_names=["seq", "stream"],
+        )
     with pytest.raises(DatabaseError, match="497"):
         await asyncio.to_thread(c.query, "SELECT * FROM file('/etc/hostname', 'LineAsString')")
     with pytest.raises(DatabaseError, match="164"):
