@@ -8,12 +8,13 @@ import sys
 
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker
+from mesh import wire
 from mesh.client import Mesh
-from mesh.events import Event, decode
+from mesh.events import Event, decode, encode
 from mesh.server import NatsServer
 from mesh.subscriber import Start
 from tests.bridge_kafka.conftest import ROOT
-from tests.bridge_kafka.kafka_helpers import produce_events, read_topic
+from tests.bridge_kafka.kafka_helpers import produce, produce_events, read_topic
 from tests.helpers import eventually
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -79,3 +80,32 @@ async def test_status_command_reports_health_counts_and_lag(
     assert status["health"] == {"status": "ok", "down": [], "kafka": "up", "nats": "up"}
     assert status["nats_to_kafka"]["delivered"] == 5
     assert "lag" in status["kafka_to_nats"]
+
+
+async def test_traceparent_and_correlation_cross_both_ways(
+    bridge: Bridge, mesh: Mesh, kafka: KafkaBroker, topics: dict[str, str], tag: str
+) -> None:
+    # Kafka -> NATS: the producer's traceparent header arrives as the NATS header.
+    e_in = Event(event_type="PRICE_UPDATE", symbol=tag, correlation_id="corr-in")
+    async with mesh.subscribe(f"tm.*.*.*.{tag}.>", start=Start.all(), ack="none") as sub:
+        await asyncio.to_thread(
+            produce,
+            kafka.bootstrap,
+            topics["in"],
+            [(tag.encode(), encode(e_in), [("traceparent", TRACEPARENT.encode())])],
+        )
+        d = await sub.next(30)
+    assert d.headers["traceparent"] == TRACEPARENT
+    assert d.headers["Tm-Correlation-Id"] == "corr-in"
+
+    # NATS -> Kafka: an event published with a traceparent (as a traced service does).
+    e_out = Event(event_type="PRICE_UPDATE", symbol=tag, correlation_id="corr-out")
+    p = mesh.prepare(e_out)
+    headers = wire.headers_block(p.event, TRACEPARENT)
+    await mesh.publisher.publish_many([(p.subject, headers, p.payload)])
+    # Only e_out is on the out-topic: e_in came from Kafka and is never sent back.
+    (record,) = await read_topic(kafka.bootstrap, topics["out"], 1)
+    assert decode(record.value()).event_id == e_out.event_id
+    h = dict(record.headers())
+    assert h["traceparent"] == TRACEPARENT.encode()
+    assert h["tm-correlation-id"] == b"corr-out"
