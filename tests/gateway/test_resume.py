@@ -32,11 +32,14 @@ async def _open(g: GatewayProc, token: str) -> ClientConnection:
                          max_size=None)
 
 
-async def _collect(ws: ClientConnection, seen: dict[int, int], want: int) -> None:
+async def _collect(ws: ClientConnection, seen: dict[int, int], want: int,
+                   statuses: list[dict] | None = None) -> None:
     """Reads events into seen {payload n: stream seq} until `want` distinct ones arrived;
-    a repeat (same n twice) fails the test."""
+    a repeat (same n twice) fails the test. Status frames go to `statuses`."""
     while len(seen) < want:
         f = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if statuses is not None and f.get("type") == "status":
+            statuses.append(f)
         for e in events_of(f):
             n = e["event"]["payload"]["n"]
             assert n not in seen, f"duplicate n={n}"
@@ -72,13 +75,16 @@ async def test_resume_on_second_instance_after_first_is_killed(
     await ws2.send(json.dumps({"op": "subscribe", "id": "o", "channel": "orders",
                                "resume": positions}))
     live = asyncio.create_task(_publish(mesh, tag, 300, 400))  # during the replay
-    await _collect(ws2, seen, 400)
+    statuses: list[dict] = []
+    await _collect(ws2, seen, 400, statuses)
     await live
     assert sorted(seen) == list(range(400))
     seqs = [seen[n] for n in range(400)]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == 400
-    done = await recv_until(ws2, lambda f: f.get("state") == "live")
+    # Status frames overtake queued events, so "live" may come before the last replayed.
+    done = next((f for f in statuses if f.get("state") == "live"), None) or await recv_until(
+        ws2, lambda f: f.get("state") == "live")
     assert done["replayed"] >= 200
     await ws2.close()
 
