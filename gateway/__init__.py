@@ -1,1 +1,2 @@
-"""Placeholder: built on `mesh`; see the open issue for this part (README, table at the top)."""
+"""The WebSocket gateway: authenticated, priority-aware real-time streaming built on `mesh`
+(see docs/gateway.md). Entry points: `mesh gateway`, `mesh bench gateway`."""
