@@ -67,7 +67,8 @@ async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
     return line.decode().strip()
 
 
-def _spawn_gateway(nats_url: str, cfg: Path, port: int) -> subprocess.Popen[str]:
+def _spawn_gateway(nats_url: str, cfg: Path, port: int,
+                   server: str = "hypercorn") -> subprocess.Popen[str]:
     """The gateway process, returned once it listens. GATEWAY_PROFILE=<file> runs it
     under cProfile (the profile is written when it drains on SIGTERM)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -75,7 +76,7 @@ def _spawn_gateway(nats_url: str, cfg: Path, port: int) -> subprocess.Popen[str]
     prof_args = ["-m", "cProfile", "-o", prof] if prof else []
     gw = subprocess.Popen(
         [sys.executable, *prof_args, "-m", "node.cli", "--url", nats_url, "gateway",
-         "--gateway-config", str(cfg), "--port", str(port)],
+         "--gateway-config", str(cfg), "--port", str(port), "--server", server],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert gw.stdout is not None
     for line in gw.stdout:
@@ -104,7 +105,7 @@ connect_burst_per_ip = 1000000
 max_connections_per_user = 10
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    gw = await asyncio.to_thread(_spawn_gateway, nats.url, cfg, port)
+    gw = await asyncio.to_thread(_spawn_gateway, nats.url, cfg, port, args.server)
     clients: list[asyncio.subprocess.Process] = []
     try:
         procs = args.procs or max(2, min(8, args.clients // 500 + 1))
@@ -172,6 +173,7 @@ max_connections_per_user = 10
     }
     return {
         "clients": args.clients,
+        "server": args.server,
         "client_procs": len(per),
         "rate": args.rate,
         "seconds": args.seconds,

@@ -25,6 +25,8 @@ async def cmd_gateway(args: argparse.Namespace, cfg: MeshConfig) -> int:
         settings.reuse_port = True
     if args.instance:
         settings.instance = args.instance
+    if args.server:
+        settings.server = args.server
     url = args.url or cfg.nats.url or f"nats://{cfg.nats.host}:{cfg.nats.port}"
     user = args.user or cfg.nats.user
     password = args.password if args.user else cfg.nats.password
@@ -66,6 +68,7 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     g.add_argument("--port", type=int)
     g.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT: share the port")
     g.add_argument("--instance", help="name shown to clients in status frames")
+    g.add_argument("--server", choices=["hypercorn", "uvicorn"], help="ASGI server")
     g.set_defaults(fn=cmd_gateway)
 
     t = commands.add_parser("gateway-token", help="a development JWT (HS256 dev secret)")
@@ -83,4 +86,5 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     b.add_argument("--rate", type=int, default=60,
                    help="published events/s (mixed); each reaches ~92%% of the clients")
     b.add_argument("--symbols", type=int, default=20)
+    b.add_argument("--server", choices=["hypercorn", "uvicorn"], default="hypercorn")
     b.set_defaults(fn=cmd_bench)

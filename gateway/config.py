@@ -75,6 +75,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     flush_ms: float = 10.0
     idle_timeout_s: float = 30.0  # no inbound frame for this long: peer considered dead
     drain_timeout_s: float = 5.0
+    # ASGI server: "hypercorn" (default) or "uvicorn" (same app; see docs/gateway.md).
+    server: str = "hypercorn"
     # permessage-deflate costs a zlib pass per recipient per frame: off by default.
     compression: bool = False
     permissions_file: str = str(DEFAULT_PERMISSIONS)

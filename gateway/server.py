@@ -10,6 +10,8 @@ import logging
 import signal
 import socket
 import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -100,9 +102,50 @@ async def run(settings: GatewaySettings, mesh: Mesh, catalog: Catalog,
     if ready is not None:
         ready.set()
     try:
-        await serve(app, hypercorn_config(settings, sock), shutdown_trigger=stop.wait)
+        if settings.server == "uvicorn":
+            await _serve_uvicorn(app, settings, sock, stop)
+        else:
+            await serve(app, hypercorn_config(settings, sock), shutdown_trigger=stop.wait)
     finally:
         await gw.close()
         with contextlib.suppress(OSError):
             sock.close()
     return 0
+
+
+async def _serve_uvicorn(app: Any, settings: GatewaySettings, sock: socket.socket,
+                         stop: asyncio.Event) -> None:
+    """The same Quart app on Uvicorn: its own signal handling is disabled so SIGTERM
+    still drains first; TLS 1.3 minimum through its SSL context factory."""
+    import uvicorn
+
+    def tls13(_cfg: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        ctx = default()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        return ctx
+
+    tls = bool(settings.tls.cert_file)
+    cfg = uvicorn.Config(
+        app, lifespan="on", log_level="warning", access_log=False,
+        ws_per_message_deflate=settings.compression,
+        ws_max_size=settings.limits.hard_frame_bytes,
+        ssl_certfile=settings.tls.cert_file or None, ssl_keyfile=settings.tls.key_file or None,
+        ssl_context_factory=tls13 if tls else None,
+    )
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    server = _Server(cfg)
+
+    async def stopper() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stopper())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()

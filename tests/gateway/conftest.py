@@ -117,9 +117,12 @@ class GatewayProc:
 
 
 def write_config(path: Path, keys: Keys, extra: str = "") -> Path:
+    # GATEWAY_TEST_SERVER=uvicorn runs the suite against the app on Uvicorn.
+    server = os.environ.get("GATEWAY_TEST_SERVER", "hypercorn")
     path.write_text(f"""
 [gateway]
 heartbeat_s = 2
+server = "{server}"
 {extra}
 [gateway.auth]
 jwks_file = "{keys.jwks_path}"
