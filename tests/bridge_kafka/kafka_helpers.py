@@ -73,3 +73,34 @@ async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 6
 def settle_extra(bootstrap: str, topic: str, have: int, grace: float = 2.0) -> int:
     """How many records the topic holds after `grace` seconds more (duplicate checks)."""
     return len(read_all(bootstrap, topic, have + 1_000_000, grace))
+
+
+def read_until_ids(
+    bootstrap: str, topic: str, want: set[str], timeout: float = 60.0, grace: float = 2.0
+) -> list[Any]:
+    """Records of a topic from the start until every wanted event id has been seen, then
+    `grace` seconds more, so duplicates anywhere in the topic are counted too."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    out: list[Any] = []
+    missing = set(want)
+    deadline = time.monotonic() + timeout
+    try:
+        while missing and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.2):
+                if m.error() is None:
+                    out.append(m)
+                    missing.discard(ev.decode(m.value()).event_id)
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            out.extend(m for m in c.consume(1000, 0.2) if m.error() is None)
+    finally:
+        c.close()
+    return out

@@ -16,7 +16,7 @@ from mesh.events import Event, decode
 from mesh.server import NatsServer
 from mesh.subscriber import Start
 from tests.bridge_kafka.conftest import bridge_config
-from tests.bridge_kafka.kafka_helpers import produce_events, read_topic
+from tests.bridge_kafka.kafka_helpers import produce_events, read_topic, read_until_ids
 from tests.helpers import eventually
 
 
@@ -97,11 +97,11 @@ async def test_bridge_sigkilled_mid_flow_loses_nothing_duplicates_nothing_on_nat
     # stored whose JetStream ack the killed bridge never sent are redelivered by the
     # durable consumer and produced again. At most what was in flight (max_ack_pending),
     # always the same event id, so Kafka consumers dedupe on the tm-event-id header.
-    records = await read_topic(kafka.bootstrap, topics["out"], N)
-    extra = len(await read_topic(kafka.bootstrap, topics["out"], N + 10**6, timeout=3))
+    want = {e.event_id for e in to_kafka}
+    records = await asyncio.to_thread(read_until_ids, kafka.bootstrap, topics["out"], want)
     kafka_ids = collections.Counter(decode(r.value()).event_id for r in records)
-    assert set(kafka_ids) == {e.event_id for e in to_kafka}
-    assert extra - N <= cfg.max_inflight_out
+    assert set(kafka_ids) == want
+    assert len(records) - N <= cfg.max_inflight_out
     for r in records:
         assert dict(r.headers())["tm-event-id"] == decode(r.value()).event_id.encode()
     proc.stop()
