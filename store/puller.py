@@ -66,8 +66,11 @@ class Puller:
         if not self._open:
             await self._request(batch, timeout)
         if len(self._got) < self._want:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the wait completes, and the sink would never stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), timeout + 1.0)
+                async with asyncio.timeout(timeout + 1.0):
+                    await self._done.wait()
         got, self._got = self._got, []
         if len(got) >= batch and not self._open:
             # a full pull means a backlog: ask for the next one now, so the server streams
