@@ -44,3 +44,27 @@ async def test_events_of_all_streams_land_once(
     ).result_rows
     assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
     assert {r[1] for r in rows} == {"TM_HIGH", "TM_CRITICAL"}
+
+
+async def test_malformed_message_is_dropped_and_does_not_block_the_stream(
+    fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
+) -> None:
+    async with Mesh.connect(fresh_server.url, service="t") as mesh:
+        await mesh.publish_many([Event(event_type="PRICE_UPDATE", symbol=tag) for _ in range(10)])
+        js = mesh.nc.jetstream()
+        await js.publish(f"tm.high.market.PRICE_UPDATE.{tag}._", b'{"event_type": "PRICE_UP')
+        after = [Event(event_type="PRICE_UPDATE", symbol=tag) for _ in range(10)]
+        await mesh.publish_many(after)
+        nc = await connect_nats(fresh_server.url)
+        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_HIGH",))
+        task = asyncio.create_task(sink.run())
+        try:
+            stats = sink.sinks[0].stats
+            await eventually(lambda: stats.committed_seq == 21, 30, "all 21 messages handled")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await nc.close()
+    assert stats.malformed_dropped == 1
+    rows = client.query(f"SELECT seq FROM {store_cfg.database}.events ORDER BY seq").result_rows
+    assert [r[0] for r in rows] == [*range(1, 11), *range(12, 22)]
