@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -27,6 +26,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bridge_kafka.errors import KafkaBrokerError
+from mesh.process import ChildProcess
 from mesh.server import free_port
 
 KAFKA_VERSION = "4.4.0"
@@ -96,7 +96,7 @@ def java_cmd(main: str, *args: str, heap: str = "512m", version: str = KAFKA_VER
     ]
 
 
-class KafkaBroker:
+class KafkaBroker(ChildProcess):
     """One Kafka process; restartable on the same ports and log dirs (for fault tests)."""
 
     def __init__(
@@ -117,7 +117,6 @@ class KafkaBroker:
         self.heap = heap
         self.version = version
         self.extra = extra or {}
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -189,18 +188,10 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.properties_path.write_text(self.render_properties())
         self.format_storage()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(
+        self.spawn(
             java_cmd(BROKER_MAIN, str(self.properties_path), heap=self.heap, version=self.version),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.log_path,
         )
-        log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the broker answers metadata requests and names itself as a broker."""
@@ -236,24 +227,9 @@ class KafkaBroker:
         self.start()
         await self.wait_ready(timeout)
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush; what a crash looks like."""
-        self._signal(signal.SIGKILL)
-
     def stop(self, timeout: float = 30.0) -> None:
-        self._signal(signal.SIGTERM, timeout)
-
-    def _signal(self, sig: int, timeout: float = 30.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        # A broker flushes its logs on SIGTERM; give it longer than a nats-server.
+        super().stop(timeout)
 
 
 def console_producer(bootstrap: str, topic: str, *props: str) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from mesh.config import NATS_CONFIG_DIR
 from mesh.errors import ServerStartError
+from mesh.process import ChildProcess
 
 
 def free_port() -> int:
@@ -46,7 +46,7 @@ def server_version() -> str:
     return out.stdout.strip().split()[-1].lstrip("v")
 
 
-class NatsServer:
+class NatsServer(ChildProcess):
     """One nats-server process. Restartable on the same ports and store (for fault tests)."""
 
     def __init__(
@@ -69,7 +69,6 @@ class NatsServer:
         self.config_dir = Path(config_dir).resolve()
         self.cluster_port = cluster_port
         self.routes = routes
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -113,18 +112,7 @@ class NatsServer:
         check = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
         if check.returncode != 0:
             raise ServerStartError(f"nats-server refused {conf}: {check.stderr.strip()}")
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        self.spawn([binary, "-c", str(conf)], self.log_path)
 
     async def wait_ready(self, timeout: float = 20.0, *, jetstream: bool = True) -> None:
         """Until the monitoring endpoint says healthy (JetStream included)."""
@@ -152,25 +140,6 @@ class NatsServer:
     async def start_ready(self, timeout: float = 20.0) -> None:
         self.start()
         await self.wait_ready(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush; what a crash looks like."""
-        self._signal(signal.SIGKILL)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._signal(signal.SIGTERM, timeout)
-
-    def _signal(self, sig: int, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 class Cluster:
