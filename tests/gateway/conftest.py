@@ -24,7 +24,7 @@ from mesh.server import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-HS_SECRET = b"gateway-tests-secret-0123456789abcdef"
+HS_SECRET = b"gateway-tests-secret-0123456789abcdef-0123456789abcdef-01234567"
 ISS, AUD = "trademaster", "mesh-gateway"
 
 
