@@ -323,17 +323,26 @@ def _too_deep(where: str) -> FilterError:
     )
 
 
-def _check_tree(f: object) -> None:
-    """Validates a Filter however it was made (Structs are not checked on construction)."""
-    nodes = 0
+class _Budget:
+    """Counts the nodes of untrusted input as it is walked and stops it at the limits."""
 
-    def walk(node: object, path: str, depth: int) -> None:
-        nonlocal nodes
-        nodes += 1
-        if nodes > MAX_NODES:
+    def __init__(self) -> None:
+        self.nodes = 0
+
+    def visit(self, path: str, depth: int) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
             raise _too_many(path)
         if depth > MAX_DEPTH:
             raise _too_deep(path)
+
+
+def _check_tree(f: object) -> None:
+    """Validates a Filter however it was made (Structs are not checked on construction)."""
+    budget = _Budget()
+
+    def walk(node: object, path: str, depth: int) -> None:
+        budget.visit(path, depth)
         if isinstance(node, Cmp):
             try:
                 _check_cmp(node.field, node.op, node.value)
@@ -343,7 +352,7 @@ def _check_tree(f: object) -> None:
             key, children = ("and", node.all) if isinstance(node, And) else ("or", node.any)
             if not isinstance(children, list) or not children:
                 raise FilterError(f"{path}.{key}: needs a non-empty list of filters")
-            if len(children) > MAX_NODES - nodes:
+            if len(children) > MAX_NODES - budget.nodes:
                 raise _too_many(f"{path}.{key}")
             for i, child in enumerate(children):
                 walk(child, f"{path}.{key}[{i}]", depth + 1)
@@ -368,15 +377,10 @@ def from_json(obj: Any) -> Filter:
 
     A one-element "and"/"or" is its element, so every result round-trips through to_text.
     """
-    nodes = 0
+    budget = _Budget()
 
     def build(node: object, path: str, depth: int) -> Filter:
-        nonlocal nodes
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise _too_many(path)
-        if depth > MAX_DEPTH:
-            raise _too_deep(path)
+        budget.visit(path, depth)
         if not isinstance(node, dict):
             hint = " (decode the JSON text first)" if isinstance(node, str | bytes) else ""
             raise FilterError(
@@ -416,7 +420,7 @@ def from_json(obj: Any) -> Filter:
                     f"{where}: needs a non-empty list of filters, "
                     f'e.g. {{"{key}": [{_EXAMPLE}, ...]}}'
                 )
-            if len(value) > MAX_NODES - nodes:
+            if len(value) > MAX_NODES - budget.nodes:
                 raise _too_many(where)
             children = [build(child, f"{where}[{i}]", depth + 1) for i, child in enumerate(value)]
             if len(children) == 1:
