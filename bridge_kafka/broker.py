@@ -19,7 +19,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -195,25 +194,22 @@ class KafkaBroker(ChildProcess):
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the broker answers metadata requests and names itself as a broker."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise KafkaBrokerError(
-                    f"Kafka exited with {self.proc.returncode}; see {self.log_path}"
-                )
+
+        async def named_in_metadata() -> str | None:
             try:
                 # A plain connect first: librdkafka would log every refused attempt.
                 _, w = await asyncio.open_connection(self.host, self.port)
                 w.close()
-                md = await asyncio.to_thread(self._metadata)
-                if md:
-                    return
-                last = "no broker in metadata yet"
+                if await asyncio.to_thread(self._metadata):
+                    return None
+                return "no broker in metadata yet"
             except Exception as e:  # librdkafka's KafkaException, timeouts
-                last = str(e)
-            await asyncio.sleep(0.2)
-        raise KafkaBrokerError(f"Kafka not ready after {timeout}s: {last}; see {self.log_path}")
+                return str(e)
+
+        await self.wait_until_ready(
+            named_in_metadata, what="Kafka", timeout=timeout, interval=0.2,
+            error=KafkaBrokerError,
+        )
 
     def _metadata(self) -> bool:
         admin = AdminClient(

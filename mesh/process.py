@@ -4,10 +4,16 @@ session so a signal reaches it and not us."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+# A readiness probe: None when ready, otherwise what it saw (for the timeout message).
+Probe = Callable[[], Awaitable[str | None]]
 
 
 class ChildProcess:
@@ -18,6 +24,32 @@ class ChildProcess:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
+
+    async def wait_until_ready(
+        self,
+        probe: Probe,
+        *,
+        what: str,
+        timeout: float,
+        interval: float,
+        error: Callable[[str], Exception],
+    ) -> None:
+        """Probe until ready; fail at once if the process died, or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise error(f"{what} exited with {self.proc.returncode}; see {self.log_path}")
+            seen = await probe()
+            if seen is None:
+                return
+            last = seen
+            await asyncio.sleep(interval)
+        raise error(f"{what} not ready after {timeout}s: {last}; see {self.log_path}")
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
 
     @property
     def running(self) -> bool:

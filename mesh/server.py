@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mesh.config import NATS_CONFIG_DIR
@@ -117,25 +116,23 @@ class NatsServer(ChildProcess):
     async def wait_ready(self, timeout: float = 20.0, *, jetstream: bool = True) -> None:
         """Until the monitoring endpoint says healthy (JetStream included)."""
         path = "/healthz" if jetstream else "/healthz?js-enabled-only=true"
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServerStartError(
-                    f"nats-server exited with {self.proc.returncode}; see {self.log_path}"
-                )
+
+        async def healthy() -> str | None:
             try:
                 r, w = await asyncio.open_connection(self.host, self.monitor_port)
                 w.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
                 data = await r.read()
                 w.close()
-                if data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200"):
-                    return
-                last = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
             except OSError as e:
-                last = str(e)
-            await asyncio.sleep(0.05)
-        raise ServerStartError(f"nats-server {self.name} not ready after {timeout}s: {last}")
+                return str(e)
+            if data.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+                return None
+            return data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
+
+        await self.wait_until_ready(
+            healthy, what=f"nats-server {self.name}", timeout=timeout, interval=0.05,
+            error=ServerStartError,
+        )
 
     async def start_ready(self, timeout: float = 20.0) -> None:
         self.start()

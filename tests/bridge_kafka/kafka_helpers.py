@@ -43,8 +43,8 @@ async def produce_events(bootstrap: str, topic: str, events: list[Event]) -> Non
     await asyncio.to_thread(produce, bootstrap, topic, records)
 
 
-def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60.0) -> list[Any]:
-    """Records of a topic from the start until `expect` have been read (or timeout)."""
+def _reader(bootstrap: str, topic: str) -> Any:
+    """A consumer of its own group that reads `topic` from the start and commits nothing."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -54,6 +54,12 @@ def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60.0) -> 
         }
     )
     c.subscribe([topic])
+    return c
+
+
+def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60.0) -> list[Any]:
+    """Records of a topic from the start until `expect` have been read (or timeout)."""
+    c = _reader(bootstrap, topic)
     out: list[Any] = []
     deadline = time.monotonic() + timeout
     try:
@@ -80,15 +86,7 @@ def read_until_ids(
 ) -> list[Any]:
     """Records of a topic from the start until every wanted event id has been seen, then
     `grace` seconds more, so duplicates anywhere in the topic are counted too."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    c.subscribe([topic])
+    c = _reader(bootstrap, topic)
     out: list[Any] = []
     missing = set(want)
     deadline = time.monotonic() + timeout

@@ -32,6 +32,18 @@ async def _open(g: GatewayProc, token: str) -> ClientConnection:
                          max_size=None)
 
 
+async def _orders(
+    g: GatewayProc, token: str, resume: dict[str, int] | None = None
+) -> ClientConnection:
+    """A connection subscribed to the "orders" channel, from `resume` positions if given."""
+    ws = await _open(g, token)
+    frame: dict[str, object] = {"op": "subscribe", "id": "o", "channel": "orders"}
+    if resume is not None:
+        frame["resume"] = resume
+    await ws.send(json.dumps(frame))
+    return ws
+
+
 async def _collect(ws: ClientConnection, seen: dict[int, int], want: int,
                    statuses: list[dict] | None = None) -> None:
     """Reads events into seen {payload n: stream seq} until `want` distinct ones arrived;
@@ -59,8 +71,7 @@ async def test_resume_on_second_instance_after_first_is_killed(
 ) -> None:
     a, b = two_gateways
     token = keys.token(account=tag)
-    ws = await _open(a, token)
-    await ws.send(json.dumps({"op": "subscribe", "id": "o", "channel": "orders"}))
+    ws = await _orders(a, token)
     sub = await recv_until(ws, lambda f: f.get("id") == "o")
     positions: dict[str, int] = dict(sub["positions"])
     seen: dict[int, int] = {}
@@ -71,9 +82,7 @@ async def test_resume_on_second_instance_after_first_is_killed(
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 10)
     await _publish(mesh, tag, 100, 300)  # missed while disconnected
-    ws2 = await _open(b, token)
-    await ws2.send(json.dumps({"op": "subscribe", "id": "o", "channel": "orders",
-                               "resume": positions}))
+    ws2 = await _orders(b, token, resume=positions)
     live = asyncio.create_task(_publish(mesh, tag, 300, 400))  # during the replay
     statuses: list[dict] = []
     await _collect(ws2, seen, 400, statuses)
@@ -95,8 +104,7 @@ async def test_sigterm_drains_with_resume_point(
 ) -> None:
     a, b = two_gateways
     token = keys.token(account=tag)
-    ws = await _open(a, token)
-    await ws.send(json.dumps({"op": "subscribe", "id": "o", "channel": "orders"}))
+    ws = await _orders(a, token)
     await recv_until(ws, lambda f: f.get("id") == "o")
     seen: dict[int, int] = {}
     await _publish(mesh, tag, 0, 50)
@@ -110,9 +118,7 @@ async def test_sigterm_drains_with_resume_point(
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1012
     await _publish(mesh, tag, 50, 80)
-    ws2 = await _open(b, token)
-    await ws2.send(json.dumps({"op": "subscribe", "id": "o", "channel": "orders",
-                               "resume": point["positions"]}))
+    ws2 = await _orders(b, token, resume=point["positions"])
     await _collect(ws2, seen, 80)
     assert sorted(seen) == list(range(80))
     assert a.proc.wait(10) == 0
