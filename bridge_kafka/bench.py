@@ -36,8 +36,7 @@ from bridge_kafka.errors import BridgeError
 from bridge_kafka.process import BridgeProcess
 from mesh import events as ev
 from mesh import provision
-from mesh.client import Mesh, connect_nats
-from mesh.config import NATS_CONFIG_DIR
+from mesh.client import Mesh
 from mesh.events import Event
 from mesh.server import NatsServer
 from mesh.subscriber import Start
@@ -230,9 +229,7 @@ async def main(args: argparse.Namespace) -> int:
             nats = NatsServer(stack.enter_context(tempfile.TemporaryDirectory(prefix="bn-")))
             await nats.start_ready()
             stack.callback(nats.stop)
-            nc = await connect_nats(nats.url)
-            await provision.apply(nc, provision.load_streams(NATS_CONFIG_DIR), 1)
-            await nc.close()
+            await provision.apply_to(nats.url)
             url = nats.url
         if not bootstrap:
             kafka = KafkaBroker(stack.enter_context(tempfile.TemporaryDirectory(prefix="bk-")))

@@ -31,8 +31,8 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from mesh import provision
-from mesh.client import Mesh, connect_nats
-from mesh.config import NATS_CONFIG_DIR, REPO_ROOT
+from mesh.client import Mesh
+from mesh.config import REPO_ROOT
 from mesh.events import Event
 from mesh.server import NatsServer, free_port
 
@@ -89,9 +89,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="gwbench-"))
     nats = NatsServer(tmp / "nats")
     await nats.start_ready()
-    nc = await connect_nats(nats.url)
-    await provision.apply(nc, provision.load_streams(NATS_CONFIG_DIR), 1)
-    await nc.close()
+    await provision.apply_to(nats.url)
     port = free_port()
     cfg = tmp / "gateway.toml"
     cfg.write_text(f"""

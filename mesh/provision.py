@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import nats
 from nats.aio.client import Client
 
 from mesh import jsapi, units
 from mesh.catalog import Priority
+from mesh.config import NATS_CONFIG_DIR
 from mesh.errors import ConfigError, ProvisioningError
 
 NS = 1_000_000_000
@@ -125,3 +127,15 @@ async def apply(nc: Client, defs: list[StreamDef], replicas: int = 1) -> list[Ch
                 ) from e
             changes.append(Change(d.name, "updated", tuple(diff)))
     return changes
+
+
+async def apply_to(
+    url: str, replicas: int = 1, *, user: str = "mesh", password: str = "mesh-dev"
+) -> list[Change]:
+    """The project's streams (nats-config/streams.toml) on the server at `url`: what the
+    benchmarks and tests run against a server they just started."""
+    nc = await nats.connect(url.split(","), user=user, password=password)
+    try:
+        return await apply(nc, load_streams(NATS_CONFIG_DIR), replicas)
+    finally:
+        await nc.close()

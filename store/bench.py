@@ -15,11 +15,13 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from mesh import provision
 from mesh.client import Mesh
 from mesh.events import Event
 from mesh.server import NatsServer
@@ -41,12 +43,10 @@ def _pct(xs: list[float]) -> dict[str, float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    from tests.conftest import provision_streams  # the same streams the tests use
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
     server = NatsServer(tmp / "nats")
     await server.start_ready()
-    await provision_streams(server.url)
+    await provision.apply_to(server.url)
     cfg = StoreConfig(target=str(tmp / "ch"), batch_rows=args.batch_rows, batch_ms=args.batch_ms)
     client = db.connect(cfg.target)
     schema.migrate(client, cfg.database, cfg.ttl_days)
@@ -134,6 +134,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     finally:
         client.close()
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 
 from mesh import provision
-from mesh.client import Mesh, connect_nats
-from mesh.config import NATS_CONFIG_DIR
+from mesh.client import Mesh
 from mesh.server import NatsServer
 
 
 async def provision_streams(url: str, replicas: int = 1) -> None:
-    nc = await connect_nats(url)
-    try:
-        await provision.apply(nc, provision.load_streams(NATS_CONFIG_DIR), replicas)
-    finally:
-        await nc.close()
+    await provision.apply_to(url, replicas)
 
 
 @pytest.fixture(scope="session")

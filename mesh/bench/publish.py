@@ -25,8 +25,7 @@ from hdrh.histogram import HdrHistogram
 
 from mesh import provision, server
 from mesh.catalog import Priority
-from mesh.client import Mesh, connect_nats
-from mesh.config import NATS_CONFIG_DIR
+from mesh.client import Mesh
 from mesh.events import Event
 
 # Mixed load by priority: mostly market data and orders, a steady trickle of the rest.
@@ -157,9 +156,7 @@ async def main(args: argparse.Namespace) -> int:
         embedded = server.NatsServer(tmp.name)
         await embedded.start_ready()
         url = embedded.url
-        nc = await connect_nats(url)
-        await provision.apply(nc, provision.load_streams(NATS_CONFIG_DIR))
-        await nc.close()
+        await provision.apply_to(url)
     try:
         runs = []
         total_events, total_secs = 0, 0.0
