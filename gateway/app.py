@@ -41,6 +41,7 @@ class Gateway:
         self.hub = Hub(mesh, catalog)
         self.metrics = Metrics()
         self.metrics.groups = lambda: len(self.hub.groups)
+        self.metrics.instance = settings.instance
         self.metrics.queue_depth = self._queue_depth
         lim = settings.limits
         self.op_buckets = Buckets(lim.ops_per_s, lim.ops_burst)

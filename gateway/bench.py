@@ -46,7 +46,7 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _metrics(port: int) -> dict[str, float]:
+def _metrics_once(port: int) -> dict[str, float]:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
     except OSError:
@@ -59,6 +59,27 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
+def _metrics(port: int, procs: int) -> dict[str, float]:
+    """Counters summed over the gateway processes. Behind SO_REUSEPORT the kernel picks
+    the process per connection, so ask (new connection each time) until every instance
+    (gateway_info{instance=...}) has answered once."""
+    seen: dict[str, dict[str, float]] = {}
+    for _ in range(20 * procs):
+        m = _metrics_once(port)
+        inst = next((k for k in m if k.startswith("gateway_info")), None)
+        if inst is None:
+            break
+        seen.setdefault(inst, m)
+        if len(seen) == procs:
+            break
+    total: dict[str, float] = {}
+    for m in seen.values():
+        for k, v in m.items():
+            total[k] = total.get(k, 0.0) + v
+    total["instances_answered"] = len(seen)
+    return total
+
+
 async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), timeout)
@@ -67,16 +88,17 @@ async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
     return line.decode().strip()
 
 
-def _spawn_gateway(nats_url: str, cfg: Path, port: int,
-                   server: str = "hypercorn") -> subprocess.Popen[str]:
+def _spawn_gateway(nats_url: str, cfg: Path, port: int, server: str = "hypercorn",
+                   instance: str = "gw0", reuse_port: bool = False) -> subprocess.Popen[str]:
     """The gateway process, returned once it listens. GATEWAY_PROFILE=<file> runs it
     under cProfile (the profile is written when it drains on SIGTERM)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     prof = os.environ.get("GATEWAY_PROFILE")
-    prof_args = ["-m", "cProfile", "-o", prof] if prof else []
+    prof_args = ["-m", "cProfile", "-o", f"{prof}.{instance}"] if prof else []
     gw = subprocess.Popen(
         [sys.executable, *prof_args, "-m", "node.cli", "--url", nats_url, "gateway",
-         "--gateway-config", str(cfg), "--port", str(port), "--server", server],
+         "--gateway-config", str(cfg), "--port", str(port), "--server", server,
+         "--instance", instance, *(["--reuse-port"] if reuse_port else [])],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert gw.stdout is not None
     for line in gw.stdout:
@@ -95,6 +117,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg.write_text(f"""
 [gateway]
 heartbeat_s = 10
+# The load generator answers every heartbeat, but with 10,000 connections opening it
+# may be busy for many seconds: a dead peer is still dropped, just later.
+idle_timeout_s = 120
+flush_ms = {args.flush_ms}
 [gateway.auth]
 hs256_secret = "{SECRET}"
 [gateway.limits]
@@ -103,7 +129,9 @@ connect_burst_per_ip = 1000000
 max_connections_per_user = 10
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    gw = await asyncio.to_thread(_spawn_gateway, nats.url, cfg, port, args.server)
+    n_gw = args.gateway_procs
+    gws = [await asyncio.to_thread(_spawn_gateway, nats.url, cfg, port, args.server,
+                                   f"gw{i}", n_gw > 1) for i in range(n_gw)]
     clients: list[asyncio.subprocess.Process] = []
     try:
         procs = args.procs or max(2, min(8, args.clients // 500 + 1))
@@ -115,14 +143,14 @@ max_connections_per_user = 10
             clients.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.bench_client", "--url",
                 f"ws://127.0.0.1:{port}/ws", "--secret", SECRET, "--first", str(first),
-                "--count", str(n), stdin=asyncio.subprocess.PIPE,
+                "--count", str(n), "--inflight", str(args.inflight), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=env,
                 limit=16 * 1024 * 1024))
             first += n
         for c in clients:
             assert await _readline(c, 300) == "ready"
         setup_s = time.monotonic() - t_setup
-        idle_rss = _rss_mb(gw.pid)
+        idle_rss = sum(_rss_mb(g.pid) for g in gws)
         async with Mesh.connect(nats.url, service="bench") as mesh:
             warm = 2.0
             t0 = time.time() + warm
@@ -132,24 +160,27 @@ max_connections_per_user = 10
                 c.stdin.write(f"go {t0} {t1}\n".encode())
                 await c.stdin.drain()
             critical_ids = await _publish(mesh, args, t0, t1)
-            peak_rss = _rss_mb(gw.pid)
+            peak_rss = [_rss_mb(g.pid) for g in gws]
             await mesh.publish(Event(event_type="MARGIN_CALL", symbol="ENDMARK",
                                      account="ACC0"))
             results = [json.loads(await _readline(c, 120)) for c in clients]
-        m = await asyncio.to_thread(_metrics, port)
+        m = await asyncio.to_thread(_metrics, port, n_gw)
     finally:
         for c in clients:
             with contextlib.suppress(ProcessLookupError):
                 c.kill()
-        gw.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            gw.wait(10)
+        for g in gws:
+            g.terminate()
+        for g in gws:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                g.wait(30)
         nats.stop()
     hist: dict[str, HdrHistogram] = {}
     delivered = conflated = dropped = 0
     closed: dict[str, int] = {}
-    unfinished = 0
+    unfinished = connected = 0
     for r in results:
+        connected += r["connected_at_end"]
         unfinished += r["unfinished"]
         delivered += r["delivered"]
         conflated += r["conflated"]
@@ -161,9 +192,9 @@ max_connections_per_user = 10
                 hist[k].add(h)
             else:
                 hist[k] = h
-        if not r["unfinished"] and not r["closed"]:
-            for got in r["critical_counts"]:
-                dropped += max(0, critical_ids - got)
+        # Every client that got the end marker must hold every critical event before it.
+        for got in r["critical_counts"]:
+            dropped += max(0, critical_ids - got)
     latency = {
         k: {q: round(h.get_value_at_percentile(p) / 1000, 2)
             for q, p in (("p50", 50), ("p99", 99), ("p999", 99.9))}
@@ -171,13 +202,17 @@ max_connections_per_user = 10
     }
     return {
         "clients": args.clients,
+        "connected_at_end": connected,
         "server": args.server,
+        "gateway_procs": n_gw,
+        "flush_ms": args.flush_ms,
         "client_procs": len(per),
         "rate": args.rate,
         "seconds": args.seconds,
         "delivered_per_s": round(delivered / args.seconds),
         "latency_ms": latency,
-        "gateway_rss_mb": peak_rss,
+        "gateway_rss_mb": round(sum(peak_rss), 1),
+        "gateway_rss_mb_per_proc": peak_rss,
         "gateway_idle_rss_mb": idle_rss,
         "connect_s": round(setup_s, 1),
         "dropped_critical": dropped + int(m.get('gateway_dropped_total{kind="critical"}', 0)),
@@ -187,6 +222,7 @@ max_connections_per_user = 10
         "clients_behind_at_end": unfinished,
         "frames_out": int(m.get("gateway_frames_out_total", 0)),
         "closed": closed,
+        "metrics_from": int(m.get("instances_answered", 0)),
     }
 
 

@@ -87,4 +87,9 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
                    help="published events/s (mixed); each reaches ~92%% of the clients")
     b.add_argument("--symbols", type=int, default=20)
     b.add_argument("--server", choices=["hypercorn", "uvicorn"], default="hypercorn")
+    b.add_argument("--gateway-procs", type=int, default=1,
+                   help="gateway processes sharing the port (SO_REUSEPORT)")
+    b.add_argument("--flush-ms", type=float, default=10.0, help="gateway flush_ms")
+    b.add_argument("--inflight", type=int, default=100,
+                   help="handshakes in flight per client process")
     b.set_defaults(fn=cmd_bench)

@@ -39,6 +39,8 @@ class Metrics:
         self.latency: dict[str, Histogram] = {}
         self.queue_depth: Callable[[], dict[str, int]] = dict
         self.groups: Callable[[], int] = lambda: 0
+        # Which process answered: behind SO_REUSEPORT any of them may.
+        self.instance = ""
 
     def age(self, priority: str, ms: float) -> None:
         h = self.latency.get(priority)
@@ -52,6 +54,8 @@ class Metrics:
         def line(name: str, value: float, labels: str = "") -> None:
             out.append(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}")
 
+        out.append("# TYPE gateway_info gauge")
+        line("gateway_info", 1, f'instance="{self.instance}"')
         out.append("# TYPE gateway_connections gauge")
         line("gateway_connections", self.connections)
         out.append("# TYPE gateway_connections_total counter")
