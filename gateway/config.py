@@ -77,6 +77,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     drain_timeout_s: float = 5.0
     # ASGI server: "hypercorn" (default) or "uvicorn" (same app; see docs/gateway.md).
     server: str = "hypercorn"
+    # /ws through Quart's websocket wrapper instead of the bare ASGI handler
+    # (gateway/asgi_ws.py): slower per frame, kept to compare (docs/gateway.md).
+    quart_ws: bool = False
     # permessage-deflate costs a zlib pass per recipient per frame: off by default.
     compression: bool = False
     permissions_file: str = str(DEFAULT_PERMISSIONS)

@@ -17,6 +17,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from gateway.app import Gateway, create_app
+from gateway.asgi_ws import with_ws
 from gateway.config import GatewaySettings
 from mesh.catalog import Catalog
 from mesh.client import Mesh
@@ -83,7 +84,9 @@ async def run(settings: GatewaySettings, mesh: Mesh, catalog: Catalog,
         disable_permessage_deflate()
     sock = bound_socket(settings.host, settings.port, settings.reuse_port)
     gw = Gateway(settings, mesh, catalog)
-    app = create_app(gw)
+    quart_app = create_app(gw)
+    # /ws on bare ASGI (gateway/asgi_ws.py) unless quart_ws asks for Quart's wrapper.
+    app: Any = quart_app if settings.quart_ws else with_ws(gw, quart_app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
