@@ -150,41 +150,68 @@ class FastParser(Parser):
             await super().parse(data)
             return
         buf: bytearray = self.buf
-        buf.extend(data)
+        # One immutable copy per read: slicing bytes copies once, slicing a bytearray and
+        # converting copies twice, and this loop runs once per message.
+        if buf:
+            buf.extend(data)
+            b = bytes(buf)
+        else:
+            b = data
         process = self.nc._process_msg
-        size = len(buf)
+        # routed subscriptions are called here directly, without a coroutine per message
+        routes: dict[int, RawHandler] = getattr(self.nc, "_mesh_routes", None) or {}
+        find, startswith = b.find, b.startswith
+        size = len(b)
         pos = 0
         while pos < size:
-            if buf.startswith(b"MSG ", pos):
-                headers_len = -1
-            elif buf.startswith(b"HMSG ", pos):
-                headers_len = 0
-            else:
-                break
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            args = bytes(buf[pos:eol]).split()
-            if headers_len < 0:  # MSG <subject> <sid> [reply] <size>
-                reply = args[3] if len(args) == 5 else b""
-            else:  # HMSG <subject> <sid> [reply] <header size> <total size>
-                reply = args[3] if len(args) == 6 else b""
-                headers_len = int(args[-2])
-            total = int(args[-1])
-            start = eol + 2
-            end = start + total
-            if end + 2 > size:
-                break  # the rest of this message comes with the next read
-            if headers_len > 0:
-                hdr: bytes | None = bytes(buf[start : start + headers_len])
-                payload = bytes(buf[start + headers_len : end])
-            else:
+            if startswith(b"HMSG ", pos):
+                eol = find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                args = b[pos + 5 : eol].split()
+                if len(args) == 5:  # <subject> <sid> <reply> <header size> <total size>
+                    subject, sid_, reply, hl, total = args
+                else:  # <subject> <sid> <header size> <total size>
+                    subject, sid_, hl, total = args
+                    reply = b""
+                start = eol + 2
+                end = start + int(total)
+                if end + 2 > size:
+                    break  # the rest of this message comes with the next read
+                split = start + int(hl)
+                hdr: bytes | None = b[start:split] if split > start else None
+                payload = b[split:end]
+            elif startswith(b"MSG ", pos):
+                eol = find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                args = b[pos + 4 : eol].split()
+                if len(args) == 4:  # <subject> <sid> <reply> <size>
+                    subject, sid_, reply, total = args
+                else:  # <subject> <sid> <size>
+                    subject, sid_, total = args
+                    reply = b""
+                start = eol + 2
+                end = start + int(total)
+                if end + 2 > size:
+                    break
                 hdr = None
-                payload = bytes(buf[start:end])
+                payload = b[start:end]
+            else:
+                break
             pos = end + 2
-            await process(int(args[2]), args[1], reply, payload, hdr)
-        if pos:
+            sid = int(sid_)
+            handler = routes.get(sid)
+            if handler is None:
+                await process(sid, subject, reply, payload, hdr)
+            else:
+                pending = handler(subject, reply, payload, hdr)
+                if pending is not None:
+                    await pending
+        if buf:
             del buf[:pos]
+        elif pos < size:
+            buf.extend(b[pos:] if pos else b)
         if buf and not (buf.startswith(b"MSG ") or buf.startswith(b"HMSG ")):
             await super().parse(b"")
 

@@ -108,7 +108,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             ),
             settings={"max_insert_threads": 2},
         )
-        client.command(f"OPTIMIZE TABLE {cfg.database}.events FINAL")
+        client.command(schema.copy_accounts(cfg.database, "stream = 'TM_GEN'"))
+        for table in schema.TABLES:
+            client.command(f"OPTIMIZE TABLE {cfg.database}.{table} FINAL")
         rnd = random.Random(1)
         times: dict[str, list[float]] = {
             "by_correlation_id": [],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from store.schema import TABLE
+from store.schema import ACCOUNT_TABLE, TABLE
 
 COLUMNS = (
     "ts, event_type, symbol, account, toString(event_id) AS event_id, correlation_id, "
@@ -19,10 +19,16 @@ def _t(x: float | datetime) -> datetime:
 
 
 def _range(
-    db: str, where: str, since: float | datetime, until: float | datetime, limit: int, **params: Any
+    db: str,
+    where: str,
+    since: float | datetime,
+    until: float | datetime,
+    limit: int,
+    table: str = TABLE,
+    **params: Any,
 ) -> Query:
     sql = (
-        f"SELECT {COLUMNS} FROM {db}.{TABLE} WHERE {where} AND ts >= {{since:DateTime64(9)}} "
+        f"SELECT {COLUMNS} FROM {db}.{table} WHERE {where} AND ts >= {{since:DateTime64(9)}} "
         f"AND ts < {{until:DateTime64(9)}} ORDER BY ts, stream, seq LIMIT {int(limit)}"
     )
     return sql, {"since": _t(since), "until": _t(until), **params}
@@ -39,7 +45,8 @@ def by_correlation(db: str, correlation_id: str, limit: int = 10_000) -> Query:
 def by_account(
     db: str, account: str, since: float | datetime, until: float | datetime, limit: int = 10_000
 ) -> Query:
-    return _range(db, "account = {a:String}", since, until, limit, a=account)
+    # the account table: sorted by (account, ts), so this reads one range
+    return _range(db, "account = {a:String}", since, until, limit, ACCOUNT_TABLE, a=account)
 
 
 def by_symbol(

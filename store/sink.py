@@ -15,6 +15,10 @@ Why each event lands exactly once (docs/store.md, "Exactly once", has the long f
    answer was lost (timeout, dropped connection to a server) is not written twice.
 4. Acks use AckAll on the batch's last message: one ack per batch, and an ack lost in a
    crash only means step 2 drops the redelivery.
+5. The batch's events that carry an account go to the account table too, in a second
+   insert with the same token, after the first. Both commit before the next batch starts,
+   so a crash can leave at most the last batch missing there: at start the sink copies the
+   main table's account rows above the account table's high-water mark (`_recover`).
 When ClickHouse is unreachable the insert is retried with exponential back-off (0.1 s to
 5 s), the consumer is not fetched meanwhile, and JetStream holds the backlog.
 """
@@ -40,7 +44,7 @@ from mesh.errors import MalformedEvent
 from mesh.events import decode
 from store.config import StoreConfig
 from store.puller import Puller, Raw
-from store.schema import TABLE
+from store.schema import ACCOUNT_TABLE, TABLE, copy_accounts
 
 log = logging.getLogger("store.sink")
 
@@ -74,6 +78,7 @@ class Batch:
     lines: list[bytes] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
+    accounts: list[bytes] = field(default_factory=list)  # the lines of events with an account
     day: int = -1
     last_reply: bytes = b""
 
@@ -83,8 +88,11 @@ class Batch:
 
 
 def _timestamp(data: bytes) -> int:
-    """The event's timestamp without decoding the whole JSON (it is validated on error)."""
-    i = data.find(_TS_KEY)
+    """The event's timestamp without decoding the whole JSON (it is validated on error).
+
+    Searched from the end: the encoder writes `timestamp` after the payload, so this
+    skips the payload instead of scanning it."""
+    i = data.rfind(_TS_KEY)
     if i < 0:
         return 0
     i += len(_TS_KEY)
@@ -127,28 +135,44 @@ class StreamSink:
                 self._client.close()
         self._client = None
 
-    def _high_water(self) -> int:
+    def _max_seq(self, table: str) -> int:
         rows = (
             self._db()
             .query(
-                f"SELECT max(seq) FROM {self.cfg.database}.{TABLE} WHERE stream = {{s:String}}",
+                f"SELECT max(seq) FROM {self.cfg.database}.{table} WHERE stream = {{s:String}}",
                 parameters={"s": self.stream},
             )
             .result_rows
         )
         return int(rows[0][0] or 0) if rows else 0
 
+    def _recover(self) -> int:
+        """The main table's high-water mark for this stream, after making the account table
+        whole up to it (a crash between a batch's two inserts leaves the second undone)."""
+        high = self._max_seq(TABLE)
+        done = self._max_seq(ACCOUNT_TABLE)
+        if high > done:
+            self._db().command(
+                copy_accounts(self.cfg.database, "stream = {s:String} AND seq > {done:UInt64}"),
+                parameters={"s": self.stream, "done": done},
+                settings={"insert_deduplication_token": f"{self.stream}:repair:{done}-{high}"},
+            )
+        return high
+
     def _insert(self, batch: Batch) -> None:
         if not batch.lines:
             return
         t = time.perf_counter()
-        self._db().raw_insert(
-            f"{self.cfg.database}.{TABLE}",
-            None,
-            b"\n".join(batch.lines),
-            fmt="JSONEachRow",
-            settings={**_INSERT_SETTINGS, "insert_deduplication_token": batch.token},
-        )
+        settings = {**_INSERT_SETTINGS, "insert_deduplication_token": batch.token}
+        for table, lines in ((TABLE, batch.lines), (ACCOUNT_TABLE, batch.accounts)):
+            if lines:
+                self._db().raw_insert(
+                    f"{self.cfg.database}.{table}",
+                    None,
+                    b"\n".join(lines),
+                    fmt="JSONEachRow",
+                    settings=settings,
+                )
         self.stats.last_insert_ms = (time.perf_counter() - t) * 1000
 
     # -- JetStream side --------------------------------------------------------------------
@@ -192,7 +216,7 @@ class StreamSink:
         The hot loop of the sink (one pass per event), so it is written flat: the line
         ClickHouse gets is the event's JSON with stream, seq and domain spliced in front."""
         batch = Batch(self.stream)
-        lines, seqs, raws = batch.lines, batch.seqs, batch.raw
+        lines, seqs, raws, accounts = batch.lines, batch.seqs, batch.raw, batch.accounts
         head = b'{"stream":"' + self.stream.encode() + b'","seq":'
         limit = self.cfg.batch_rows
         span = self.cfg.batch_ms / 1000
@@ -200,33 +224,42 @@ class StreamSink:
         stale: tuple[bytes, int] | None = None
         msgs, self._leftover = self._leftover, []
         seen, day, polled = self._seen, -1, time.monotonic()
+        tail = self._tail
+        last_reply = b""
         while True:
+            if msgs and not tail:
+                # the stream sequence is the 5th token from the end of the ack subject in
+                # both its forms ($JS.ACK.<stream>... and $JS.ACK.<domain>.<hash>.<stream>...)
+                n = msgs[0][1].count(b".") + 1
+                tail = self._tail = n - (5 if n == 9 else 7)
+            room = limit - len(seqs)
+            if len(msgs) > room:  # a prefetched pull brought more than this batch takes
+                msgs, self._leftover = msgs[:room], msgs[room:]
             for k, (subj, reply, data) in enumerate(msgs):
-                if not self._tail:
-                    n = reply.count(b".") + 1
-                    self._tail = n - (5 if n == 9 else 7)
-                if len(seqs) >= limit:  # a prefetched pull brought more than this batch takes
-                    self._leftover = msgs[k:]
-                    break
-                seq = int(reply.rsplit(b".", self._tail)[1])
+                seq = int(reply.rsplit(b".", tail)[1])
                 if seq <= seen:
                     stale = (reply, seq)  # a redelivery of something held or committed
                     self.stats.redeliveries_dropped += 1
                     continue
-                ts = _timestamp(data) if data.startswith(b"{") else 0
+                ts = _timestamp(data) if data[:1] == b"{" else 0
                 if ts // _DAY_NS != day:
                     if seqs:  # never two partitions in one insert: cut, keep the rest
-                        self._leftover = msgs[k:]
+                        self._leftover = msgs[k:] + self._leftover
                         break
                     day = ts // _DAY_NS
                 seen = seq
-                lines.append(
-                    b'%s%d,"domain":"%s",%s' % (head, seq, subj.split(b".", 3)[2], data[1:])
-                )
+                # tm.<priority>.<domain>.<type>.<symbol>.<account>.<partition>; "_" = none
+                tokens = subj.split(b".")
+                line = b'%s%d,"domain":"%s",%s' % (head, seq, tokens[2], data[1:])
+                lines.append(line)
+                if tokens[5] != b"_":
+                    accounts.append(line)
                 seqs.append(seq)
                 raws.append(data)
-                batch.last_reply = reply
+                last_reply = reply
             self._seen = seen
+            if last_reply:
+                batch.last_reply = last_reply
             if self._leftover or len(seqs) >= limit:
                 break
             if deadline is None and seqs:
@@ -290,12 +323,14 @@ class StreamSink:
         # the token stays the batch's first..last sequence: the filtering is deterministic
         batch.lines = [batch.lines[i] for i in keep]
         batch.raw = [batch.raw[i] for i in keep]
+        kept = {id(line) for line in batch.lines}
+        batch.accounts = [line for line in batch.accounts if id(line) in kept]
         return True
 
     async def run(self) -> None:
         while self._seen < 0:
             try:
-                self._seen = await asyncio.to_thread(self._high_water)
+                self._seen = await asyncio.to_thread(self._recover)
                 self.stats.committed_seq = self._seen
             except Exception as e:
                 self._note_failure(e)

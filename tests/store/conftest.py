@@ -51,6 +51,8 @@ async def endpoint(  # 5000 rows (AAPL, A1, corr-0..499) served read-only on thi
         "- 1000000000 + number, generateUUIDv7(), 'PRICE_UPDATE', 'market', 'AAPL', 'A1', "
         "'TM_HIGH', number + 1, concat('corr-', toString(intDiv(number, 10))) FROM numbers(5000)"
     )
+    # what the sink writes to the account table for these rows
+    client.command(schema.copy_accounts(store_cfg.database, "1"))
     port = free_port()
     cfg = StoreConfig(
         target=store_cfg.target,

@@ -120,6 +120,13 @@ async def test_sigkill_mid_batch_then_restart_leaves_table_equal_to_stream(
             assert table_state(auditor) == want  # (stream: rows, distinct seqs, max seq)
             dupes = auditor.query("SELECT count() - uniqExact(event_id) FROM audit.events")
             assert dupes.result_rows[0][0] == 0
+            # the account table holds exactly the account rows of the main table
+            both = auditor.query(
+                "SELECT (SELECT groupArraySorted(100000)((stream, seq)) FROM audit.events "
+                "WHERE account != ''), (SELECT groupArraySorted(100000)((stream, seq)) "
+                "FROM audit.events_by_account)"
+            ).result_rows[0]
+            assert len(both[0]) == 12 + 18 and both[0] == both[1]  # one per 500 published
     finally:
         if auditor is not None:
             auditor.close()

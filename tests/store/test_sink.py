@@ -44,6 +44,49 @@ async def test_events_of_all_streams_land_once(
     ).result_rows
     assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
     assert {r[1] for r in rows} == {"TM_HIGH", "TM_CRITICAL"}
+    by_account = client.query(
+        f"SELECT toString(event_id), account FROM {store_cfg.database}.events_by_account"
+    ).result_rows
+    assert sorted(by_account) == sorted((e.event_id, tag) for e in events if e.account)
+
+
+async def test_crash_between_the_two_inserts_is_repaired_at_start(
+    fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
+) -> None:
+    """The batch reached the main table but not the account table (the process died in
+    between): the next start copies exactly the missing rows, once."""
+    async with Mesh.connect(fresh_server.url, service="t") as mesh:
+        await mesh.publish_many(
+            [Event(event_type="MARGIN_CALL", account=f"{tag}{i % 3}") for i in range(30)]
+            + [Event(event_type="RISK_LIMIT_BREACH", symbol=tag) for _ in range(5)]
+        )
+    nc = await connect_nats(fresh_server.url)
+    try:
+        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_CRITICAL",))
+        one = sink.sinks[0]
+        one._seen = 0
+        puller = await one._subscribe()
+        batch = await one._collect(puller)
+        await puller.close()
+        assert len(batch.seqs) == 35 and len(batch.accounts) == 30
+        batch.accounts = []  # only the first of the two inserts happens
+        await asyncio.to_thread(one._insert, batch)
+        assert account_rows(client, store_cfg) == []
+        for _ in range(2):  # a start, and another start: repaired once, not twice
+            assert await asyncio.to_thread(one._recover) == 35
+            rows = account_rows(client, store_cfg)
+            assert len(rows) == 30 and len(set(rows)) == 30
+    finally:
+        await nc.close()
+
+
+def account_rows(client: Client, cfg: StoreConfig) -> list[tuple[str, int]]:
+    return [
+        (str(r[0]), int(r[1]))
+        for r in client.query(
+            f"SELECT account, seq FROM {cfg.database}.events_by_account ORDER BY seq"
+        ).result_rows
+    ]
 
 
 async def test_malformed_message_is_dropped_and_does_not_block_the_stream(
