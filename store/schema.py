@@ -8,8 +8,9 @@ Layout, chosen for the audit queries (docs/store.md has the measurements):
   (`ttl_only_drop_parts`) and day/hour queries prune partitions;
 * `ORDER BY (symbol, ts)`: per-symbol time ranges (and replay in per-symbol order) read a
   contiguous range of the primary index;
-* bloom-filter skip indexes on correlation_id, account and event_id: point lookups that
-  the sort key cannot serve skip granules instead of scanning the day;
+* bloom-filter skip indexes on correlation_id and event_id (v1 had one on account too,
+  dropped in v3): point lookups that the sort key cannot serve skip granules instead of
+  scanning the day;
 * a second table, `events_by_account` (v3), with the rows that carry an account sorted by
   (account, ts): the account+day query reads one range there (the sink writes both; see
   sink.py for why they stay equal);
@@ -106,6 +107,8 @@ def _v3(db: str, ttl_seconds: int) -> list[str]:
     ]
     return [
         *alters,
+        # account lookups read the account table now; the bloom filter only cost inserts
+        f"ALTER TABLE {db}.{TABLE} DROP INDEX IF EXISTS ix_account",
         f"""
 CREATE TABLE IF NOT EXISTS {db}.{ACCOUNT_TABLE}
 (

@@ -68,14 +68,16 @@ async def test_crash_between_the_two_inserts_is_repaired_at_start(
         puller = await one._subscribe()
         batch = await one._collect(puller)
         await puller.close()
-        assert len(batch.seqs) == 35 and len(batch.accounts) == 30
+        assert len(batch.seqs) == 35
+        assert len(batch.accounts) == 30
         batch.accounts = []  # only the first of the two inserts happens
         await asyncio.to_thread(one._insert, batch)
         assert account_rows(client, store_cfg) == []
         for _ in range(2):  # a start, and another start: repaired once, not twice
             assert await asyncio.to_thread(one._recover) == 35
             rows = account_rows(client, store_cfg)
-            assert len(rows) == 30 and len(set(rows)) == 30
+            assert len(rows) == 30
+            assert len(set(rows)) == 30
     finally:
         await nc.close()
 
@@ -96,6 +98,11 @@ async def test_malformed_message_is_dropped_and_does_not_block_the_stream(
         await mesh.publish_many([Event(event_type="PRICE_UPDATE", symbol=tag) for _ in range(10)])
         js = mesh.nc.jetstream()
         await js.publish(f"tm.high.market.PRICE_UPDATE.{tag}._", b'{"event_type": "PRICE_UP')
+        # a timestamp that looks like one to the sink's fast path but is not a number
+        await js.publish(
+            f"tm.high.market.PRICE_UPDATE.{tag}._",
+            b'{"event_type":"X","timestamp":"abcdefghijklmnopq"}',
+        )
         after = [Event(event_type="PRICE_UPDATE", symbol=tag) for _ in range(10)]
         await mesh.publish_many(after)
         nc = await connect_nats(fresh_server.url)
@@ -103,11 +110,11 @@ async def test_malformed_message_is_dropped_and_does_not_block_the_stream(
         task = asyncio.create_task(sink.run())
         try:
             stats = sink.sinks[0].stats
-            await eventually(lambda: stats.committed_seq == 21, 30, "all 21 messages handled")
+            await eventually(lambda: stats.committed_seq == 22, 30, "all 22 messages handled")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await nc.close()
-    assert stats.malformed_dropped == 1
+    assert stats.malformed_dropped == 2
     rows = client.query(f"SELECT seq FROM {store_cfg.database}.events ORDER BY seq").result_rows
-    assert [r[0] for r in rows] == [*range(1, 11), *range(12, 22)]
+    assert [r[0] for r in rows] == [*range(1, 11), *range(13, 23)]
