@@ -36,6 +36,7 @@ from mesh.config import REPO_ROOT
 from mesh.events import Event
 from mesh.server import NatsServer, free_port
 
+PRIOS = ("critical", "high", "standard", "background")
 SECRET = "bench-secret-0123456789abcdef0123456789"
 
 
@@ -78,6 +79,27 @@ def _metrics(port: int, procs: int) -> dict[str, float]:
             total[k] = total.get(k, 0.0) + v
     total["instances_answered"] = len(seen)
     return total
+
+
+def _send_age(m: dict[str, float]) -> dict[str, dict[str, str]]:
+    """p50/p99 of the gateway's own event age when a frame is handed to the server
+    (publish -> send, first event of each frame), as histogram bucket bounds: it splits
+    the clients' latency into gateway time and socket/client time."""
+    out: dict[str, dict[str, str]] = {}
+    for prio in PRIOS:
+        rows = sorted(((float("inf") if le == "+Inf" else float(le)), n)
+                      for k, n in m.items()
+                      if k.startswith(f'gateway_event_age_ms_bucket{{priority="{prio}"')
+                      for le in [k.rsplit('le="', 1)[1].rstrip('"}')])
+        if not rows or not rows[-1][1]:
+            continue
+        total = rows[-1][1]
+        q: dict[str, str] = {}
+        for name, frac in (("p50", 0.5), ("p99", 0.99)):
+            le = next(b for b, n in rows if n >= frac * total)
+            q[name] = f"<={le:g}"
+        out[prio] = q
+    return out
 
 
 async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
@@ -221,6 +243,7 @@ max_connections_per_user = 10
         "critical_published": critical_ids,
         "clients_behind_at_end": unfinished,
         "frames_out": int(m.get("gateway_frames_out_total", 0)),
+        "gateway_send_age_ms": _send_age(m),
         "closed": closed,
         "metrics_from": int(m.get("instances_answered", 0)),
     }
