@@ -111,9 +111,16 @@ class Group:
                 domain = ""
             out = Out(pattern, d.stream, d.seq, d.event, d.priority, domain)
             headers = d.headers
+            seq, stream, event = d.seq, d.stream, d.event
             for m in list(members.values()):
                 try:
-                    m.offer(out, d.event, headers)
+                    # The common case inlined (this loop runs once per event per member):
+                    # live, no content filter, past the resume floor.
+                    if m.buffer is None and m.match is None:
+                        if seq > m.floor.get(stream, 0):
+                            m.session.enqueue(out)
+                    else:
+                        m.offer(out, event, headers)
                 except Exception:  # one session's trouble must not stop the others
                     log.exception("offer to %s failed", m.sub_id)
 

@@ -98,7 +98,12 @@ class Session:
         self._max_must = q.max_must
         self._max_batch = q.max_batch
         self._max_bytes = q.max_batch_bytes
-        self.lanes: list[OrderedDict[Any, tuple[Out, bool]]] = [OrderedDict() for _ in Priority]
+        # Per priority: `plain` events in arrival order, then `keyed` ones (once the session
+        # is behind: market events keyed by (pattern, type, symbol) so a newer one replaces
+        # the queued one; anything queued after them keyed by a counter). Nothing goes to
+        # `plain` while `keyed` holds events, so plain + keyed is arrival order.
+        self.plain: list[deque[Out]] = [deque() for _ in Priority]
+        self.keyed: list[OrderedDict[Any, tuple[Out, bool]]] = [OrderedDict() for _ in Priority]
         self.control: deque[str] = deque()
         self.market_n = 0
         self.must_n = 0
@@ -163,45 +168,57 @@ class Session:
     def enqueue(self, out: Out) -> None:
         if self.close_code is not None:
             return
-        lane = self.lanes[out.rank]
-        if out.must:
-            if self.must_n >= self._max_must:
-                self.fail(E.SLOW_CONSUMER, "slow consumer: critical/order events queued beyond "
-                          "bounds; reconnect and resume from your last sequences")
-                return
-            self._n += 1
-            lane[self._n] = (out, False)
-            self.must_n += 1
-        elif self.market_n >= self._conflate_after:
-            old = lane.pop(out.ckey, None)
-            lane[out.ckey] = (out, old is not None)
+        rank = out.rank
+        keyed = self.keyed[rank]
+        if out.must or self.market_n < self._conflate_after:
+            if out.must:
+                if self.must_n >= self._max_must:
+                    self.fail(E.SLOW_CONSUMER, "slow consumer: critical/order events queued "
+                              "beyond bounds; reconnect and resume from your last sequences")
+                    return
+                self.must_n += 1
+            else:
+                self.market_n += 1
+            if keyed:  # behind the conflating part: keep stream order
+                self._n += 1
+                keyed[self._n] = (out, False)
+            else:
+                self.plain[rank].append(out)
+        else:
+            old = keyed.pop(out.ckey, None)
+            keyed[out.ckey] = (out, old is not None)
             if old is not None:
                 self.conflated += 1
                 self.gw.metrics.conflated += 1
             else:
                 self.market_n += 1
                 if self.market_n > self._max_market:
-                    self._drop_oldest_market(lane)
-        else:
-            self._n += 1
-            lane[self._n] = (out, False)
-            self.market_n += 1
-        if out.rank == 0 or self._flush is None:
+                    self._drop_oldest_market(rank)
+        if rank == 0 or self._flush is None:
             self.ready.set()  # critical goes out at once
         elif not self._dirty:
-            # Everything else is coalesced: the gateway's flush tick wakes this writer, so
-            # a busy session sends one batch frame per tick instead of a frame per event.
+            # Everything else is coalesced: the gateway's flush tick sends it, so a busy
+            # session sends one batch frame per tick instead of a frame per event.
             self._dirty = True
             self._flush.add(self)
 
-    def _drop_oldest_market(self, lane: OrderedDict[Any, tuple[Out, bool]]) -> None:
-        for k, (o, _) in lane.items():
+    def _drop_oldest_market(self, rank: int) -> None:
+        plain = self.plain[rank]
+        for i, o in enumerate(plain):
             if not o.must:
-                del lane[k]
-                self.market_n -= 1
-                self.gw.metrics.dropped_market += 1
-                self.gw.metrics.conflated += 1
+                del plain[i]
+                break
+        else:
+            keyed = self.keyed[rank]
+            for k, (o, _) in keyed.items():
+                if not o.must:
+                    del keyed[k]
+                    break
+            else:
                 return
+        self.market_n -= 1
+        self.gw.metrics.dropped_market += 1
+        self.gw.metrics.conflated += 1
 
     def send_control(self, frame: str) -> None:
         self.control.append(frame)
@@ -224,36 +241,42 @@ class Session:
 
     def _take_batch(self) -> str | None:
         """Up to max_batch queued events (critical lane first) as one frame, or None."""
-        lanes = self.lanes
         frames: list[str] = []
         size = 0
+        must = 0
         first: Out | None = None
         sent = self.sent
         events_out = self.gw.metrics.events_out
         max_batch, max_bytes = self._max_batch, self._max_bytes
-        for rank, lane in enumerate(lanes):
-            if not lane:
+        for rank in range(len(PRIORITIES)):
+            plain, keyed = self.plain[rank], self.keyed[rank]
+            if not plain and not keyed:
                 continue
-            n = 0
-            while lane and len(frames) < max_batch and size < max_bytes:
-                _, (out, conflated) = lane.popitem(last=False)
+            taken = len(frames)
+            while plain and len(frames) < max_batch and size < max_bytes:
+                out = plain.popleft()
+                frames.append(out.frame)
+                size += len(out.frame)
+                sent[out.pkey] = out.seq
+                must += out.must
+                if first is None:
+                    first = out
+            while keyed and len(frames) < max_batch and size < max_bytes:
+                _, (out, conflated) = keyed.popitem(last=False)
                 f = out.conflated_frame() if conflated else out.frame
                 frames.append(f)
                 size += len(f)
-                n += 1
                 sent[out.pkey] = out.seq
-                if out.must:
-                    self.must_n -= 1
-                else:
-                    self.market_n -= 1
+                must += out.must
                 if first is None:
                     first = out
-            if n:
-                events_out[PRIORITIES[rank].value] += n
-        if not frames:
+            if len(frames) > taken:
+                events_out[PRIORITIES[rank].value] += len(frames) - taken
+        if first is None:
             return None
-        if first is not None:
-            self.gw.metrics.age(first.priority, (time.time_ns() - first.ts) / 1e6)
+        self.must_n -= must
+        self.market_n -= len(frames) - must
+        self.gw.metrics.age(first.priority, (time.time_ns() - first.ts) / 1e6)
         if self.queued() < self._max_must // 4:
             self.room.set()
         return frames[0] if len(frames) == 1 else protocol.batch(frames)
@@ -513,8 +536,10 @@ class Session:
             for st in list(self.subs.values()):
                 with contextlib.suppress(Exception):
                     await self._drop(st)
-            for lane in self.lanes:
-                lane.clear()
+            for q in self.plain:
+                q.clear()
+            for k in self.keyed:
+                k.clear()
             self.control.clear()
             self.market_n = self.must_n = 0
         if self.close_code is not None:
