@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from mesh import jsapi
+from mesh.catalog import Priority
 from mesh.client import Mesh
-from mesh.events import Event
-from mesh.subscriber import Interest, Start
+from mesh.events import Event, encode
+from mesh.subscriber import Interest, Start, ack_many
 from mesh.transforms import Transforms
+from tests.helpers import eventually
 
 
 def orders(tag: str, n: int, start: int = 0) -> list[Event]:
@@ -112,3 +117,32 @@ async def test_closing_an_ephemeral_subscription_removes_its_consumers(
     async with mesh.subscribe(Interest(symbol=tag)):
         assert len(await consumer_names() - before) == 1
     assert await consumer_names() == before
+
+
+async def test_next_many_takes_what_is_there_most_urgent_first_and_ack_many_acks_it(
+    mesh: Mesh, tag: str
+) -> None:
+    events = [*orders(tag, 20), Event(event_type="MARGIN_CALL", account=tag)]
+    await mesh.publish_many(events)
+    durable = f"m{tag}"
+    async with mesh.subscribe(Interest(account=tag), durable=durable, start=Start.all()) as sub:
+        await eventually(lambda: sub.pending(Priority.HIGH) == 20, 10, "20 orders received")
+        await eventually(lambda: sub.pending(Priority.CRITICAL) == 1, 10, "1 critical received")
+        batch = await sub.next_many(8, timeout=10)
+        assert [d.event.event_type for d in batch] == ["MARGIN_CALL"] + ["ORDER_PLACED"] * 7
+        assert [d.event.payload.get("i") for d in batch[1:]] == list(range(7))
+        assert all(d.data == encode(d.event) for d in batch)  # the payload as stored
+        rest = await sub.next_many(100, timeout=10)
+        assert len(rest) == 13  # no waiting for more than is there
+        await ack_many(batch + rest)
+
+        for stream, name in (("TM_HIGH", "high"), ("TM_CRITICAL", "critical")):
+            for _ in range(1000):  # the server applies acks asynchronously: poll, bounded
+                info = await jsapi.call(mesh.nc, f"$JS.API.CONSUMER.INFO.{stream}.{durable}-{name}")
+                if info["num_ack_pending"] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert info["num_ack_pending"] == 0
+            assert info["ack_floor"]["stream_seq"] == info["delivered"]["stream_seq"]
+        with pytest.raises(TimeoutError):
+            await sub.next_many(10, timeout=0.2)
