@@ -141,7 +141,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--events", type=int, default=200_000, help="events through JetStream")
+    p.add_argument("--events", type=int, default=400_000, help="events through JetStream")
     p.add_argument("--rows", type=int, default=1_000_000, help="generated rows for queries")
     p.add_argument("--repeat", type=int, default=100)
     p.add_argument("--batch-rows", type=int, default=20_000)
