@@ -133,11 +133,13 @@ audience = "{AUD}"
 
 
 def start_gateway(nats_url: str, config: Path, port: int | None = None,
-                  tls: bool = False) -> GatewayProc:
+                  tls: bool = False, instance: str | None = None,
+                  reuse_port: bool = False) -> GatewayProc:
     port = port or free_port()
     proc = subprocess.Popen(
         [PY, "-m", "node.cli", "--url", nats_url, "gateway", "--gateway-config", str(config),
-         "--port", str(port), "--instance", f"gw-{port}"],
+         "--port", str(port), "--instance", instance or f"gw-{port}",
+         *(["--reuse-port"] if reuse_port else [])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     g = GatewayProc(proc, port, "wss" if tls else "ws")

@@ -19,7 +19,14 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
 from mesh.server import NatsServer
-from tests.gateway.conftest import GatewayProc, Keys, recv_json, start_gateway, write_config
+from tests.gateway.conftest import (
+    GatewayProc,
+    Keys,
+    recv_json,
+    recv_until,
+    start_gateway,
+    write_config,
+)
 
 
 def make_cert(d: Path) -> tuple[Path, Path]:
@@ -113,5 +120,26 @@ async def test_healthz_names_the_dependency_that_is_down(
         _code, body = await asyncio.wait_for(down(), 15)
         assert body["nats"] == "down"
         assert "unknown" in body["jetstream"]
+    finally:
+        g.stop()
+
+
+async def test_clients_told_when_nats_goes_down_and_comes_back(
+    fresh_server: NatsServer, gw_config: Path, keys: Keys
+) -> None:
+    g = start_gateway(fresh_server.url, gw_config)
+    try:
+        async with connect(g.url, additional_headers={
+                "Authorization": f"Bearer {keys.token()}"}) as ws:
+            assert (await recv_json(ws))["state"] == "connected"
+            fresh_server.kill()
+            f = await recv_until(ws, lambda f: f.get("type") == "status", 15)
+            assert f == {"type": "status", "state": "degraded", "dependency": "nats",
+                         "connected": False}
+            fresh_server.start()
+            await fresh_server.wait_ready()
+            f = await recv_until(ws, lambda f: f.get("type") == "status", 30)
+            assert f == {"type": "status", "state": "ok", "dependency": "nats",
+                         "connected": True}
     finally:
         g.stop()
