@@ -77,8 +77,12 @@ class Gateway:
             if self.flush_set:
                 dirty = list(self.flush_set)
                 self.flush_set.clear()
-                for s in dirty:
+                for i, s in enumerate(dirty, 1):
                     s.flush()
+                    if i % 100 == 0:
+                        # A pass over 1,000 sessions takes tens of ms: let NATS
+                        # deliveries (critical events) in between.
+                        await asyncio.sleep(0)
 
     async def _tick(self) -> None:
         while True:

@@ -125,12 +125,12 @@ class Session:
         self._flush: set[Session] | None = gw.flush_set if gw.settings.flush_ms > 0 else None
 
     def flush(self) -> None:
-        """Called by the gateway's flush tick. When no send is in progress, the batch is
-        built and sent right here, in the flusher's stack: a send that the socket takes
-        at once completes without waking this session's writer task (a task switch per
-        session per tick was ~1/4 of the per-frame cost). A send that has to wait for
-        the socket continues as a task, and the writer waits for it before sending
-        anything else, so frames keep their order."""
+        """Called by the gateway's flush tick, and for critical events. When no send is
+        in progress, the batch is built and sent right here, in the caller's stack: a
+        send that the socket takes at once completes without waking this session's
+        writer task (a task switch per session per tick was ~1/4 of the per-frame cost).
+        A send that has to wait for the socket continues as a task, and the writer waits
+        for it before sending anything else, so frames keep their order."""
         self._dirty = False
         if (self.sending_since is not None or self._inflight is not None or self.control
                 or self.close_code is not None):
@@ -195,7 +195,10 @@ class Session:
                 if self.market_n > self._max_market:
                     self._drop_oldest_market(rank)
         if rank == 0 or self._flush is None:
-            self.ready.set()  # critical goes out at once
+            # Critical goes out at once, sent from here when the socket is idle: a
+            # critical event reaches every session, and waking 1,000 writer tasks for it
+            # cost more than sending in this loop.
+            self.flush()
         elif not self._dirty:
             # Everything else is coalesced: the gateway's flush tick sends it, so a busy
             # session sends one batch frame per tick instead of a frame per event.
