@@ -25,6 +25,7 @@ from bridge_kafka.inbound import Inbound
 from bridge_kafka.kafka_io import ProducerThread
 from bridge_kafka.metrics import Metrics
 from bridge_kafka.outbound import Outbound, _Pending
+from mesh import lag
 from mesh.catalog import BUILTIN, Catalog
 from mesh.client import Mesh
 from mesh.resource import AsyncResource
@@ -53,6 +54,7 @@ class Bridge(AsyncResource):
         self.outbound: Outbound | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._status_sub: Any = None
+        self._lag_sub: Any = None
         self._closed = asyncio.Event()
 
     async def start(self) -> Self:
@@ -75,6 +77,11 @@ class Bridge(AsyncResource):
             self.inbound = Inbound(self.cfg, self.mesh, self.catalog, self.producer, self.metrics)
             self.inbound.start()
         self._status_sub = await self.mesh.nc.subscribe(self.cfg.status_subject, cb=self._status)
+        if self.cfg.inbound:
+            # Kafka-side backlog for `mesh streams` (the NATS-side one is JetStream's own)
+            self._lag_sub = await lag.serve(
+                self.mesh.nc, f"bridge {self.cfg.name} (kafka -> nats)", self._kafka_lag
+            )
         await self.mesh.nc.flush()  # subscribed at the server before we say "running"
         self._tasks.append(asyncio.create_task(self._ticker(), name="bridge-metrics"))
         log.info(
@@ -130,15 +137,19 @@ class Bridge(AsyncResource):
                 tmp.write_text(self.metrics.prometheus(self.cfg.name))
                 os.replace(tmp, self.metrics_file)
 
+    async def _kafka_lag(self) -> dict[str, int]:
+        return dict(self.metrics.kafka_to_nats.lag)  # from librdkafka's stats, each second
+
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
-        if self._status_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._status_sub.unsubscribe()
+        for sub in (self._status_sub, self._lag_sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         if self.inbound is not None:
             await self.inbound.close()
         if self.outbound is not None:

@@ -76,19 +76,10 @@ _ORIGIN_KAFKA_RAW = f"{HDR_ORIGIN}: {FROM_KAFKA}\r\n".encode()
 def nats_came_from_kafka(d: Delivery) -> bool:
     """Origin check on the raw header block: parsing every delivery's headers into a dict
     cost more than producing it to Kafka."""
-    raw: bytes | None = getattr(d, "_raw_headers", None)
+    raw = d.raw_headers
     if raw is None:
         return d.headers.get(HDR_ORIGIN) == FROM_KAFKA
     return _ORIGIN_KAFKA_RAW in raw
-
-
-def ack_frame(d: Delivery) -> bytes | None:
-    """The +ACK frame for a delivery, to write many at once; None when the delivery has
-    a tracing span to end (then Delivery.ack() is used)."""
-    reply: bytes | None = getattr(d, "_reply", None)
-    if not reply or getattr(d, "_span", None) is not None:
-        return None
-    return b"PUB %s 4\r\n+ACK\r\n" % reply
 
 
 def foreign_event_id(topic: str, partition: int, offset: int) -> str:
@@ -218,11 +209,13 @@ def nats_to_kafka(rule: OutboundRule, d: Delivery) -> tuple[bytes | None, bytes,
         (KAFKA_CORRELATION, event.correlation_id.encode()),
         (KAFKA_NATS_POS, f"{stream}/{seq}".encode()),
     ]
-    raw: bytes | None = getattr(d, "_raw_headers", None)
+    raw = d.raw_headers
     if raw is None or b"trace" in raw:  # parse only when there is something to carry
         nats_headers = d.headers
         for name in (wire.HDR_TRACEPARENT, wire.HDR_TRACESTATE):
             value = nats_headers.get(name)
             if value:
                 headers.append((name, value.encode()))
-    return (key_value.encode() if key_value else None), ev.encode(event), headers
+    # the stored bytes when there are any: the same JSON, without encoding it again
+    value = d.data or ev.encode(event)
+    return (key_value.encode() if key_value else None), value, headers

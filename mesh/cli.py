@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 import msgspec
 from nats.aio.client import Client
 
-from mesh import chain, config, jsapi, provision, server, tracing
+from mesh import chain, config, jsapi, lag, provision, server, tracing
 from mesh.catalog import Priority
 from mesh.client import Mesh, connect_nats
 from mesh.errors import MeshError
@@ -263,7 +263,9 @@ async def cmd_streams(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
             info = await jsapi.call(nc, f"$JS.API.STREAM.INFO.{name}")
             st = info["state"]
             cons = await jsapi.consumers(nc, name)
-            lag = sum(int(c.get("num_pending", 0)) + int(c.get("num_ack_pending", 0)) for c in cons)
+            backlog = sum(
+                int(c.get("num_pending", 0)) + int(c.get("num_ack_pending", 0)) for c in cons
+            )
             rows.append(
                 {
                     "stream": name,
@@ -272,14 +274,16 @@ async def cmd_streams(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
                     "first": _when(st.get("first_ts")),
                     "last": _when(st.get("last_ts")),
                     "consumers": st.get("consumer_count", len(cons)),
-                    "lag": lag,
+                    "lag": backlog,
                     "replicas": info["config"].get("num_replicas", 1),
                     "consumer_lag": {c["name"]: int(c.get("num_pending", 0)) for c in cons},
                 }
             )
+        reported = await lag.gather(nc)
     finally:
         await nc.close()
     if args.json:
+        rows += [{"reported_by": r.source, "lag": r.lag} for r in reported]
         print(json.dumps(rows, indent=2))
         return 0
     print(
@@ -292,8 +296,12 @@ async def cmd_streams(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
             f"{r['last']:<23}{r['consumers']:>10}{r['lag']:>9}"
         )
         if args.verbose:
-            for name, lag in sorted(r["consumer_lag"].items()):
-                print(f"    consumer {name:<40} pending {lag}")
+            for name, pending in sorted(r["consumer_lag"].items()):
+                print(f"    consumer {name:<40} pending {pending}")
+    for report in reported:  # backlogs outside JetStream (mesh/lag.py)
+        print(f"{report.source}: lag {sum(report.lag.values())}")
+        for where, behind in sorted(report.lag.items()):
+            print(f"    {where:<48} {behind}")
     return 0
 
 

@@ -109,3 +109,40 @@ async def test_traceparent_and_correlation_cross_both_ways(
     h = dict(record.headers())
     assert h["traceparent"] == TRACEPARENT.encode()
     assert h["tm-correlation-id"] == b"corr-out"
+
+
+async def test_mesh_streams_shows_the_kafka_side_lag_per_partition(
+    bridge: Bridge,
+    mesh: Mesh,
+    nats_server: NatsServer,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+) -> None:
+    # librdkafka knows a partition's lag once the group has consumed from it
+    events = [Event(event_type="PRICE_UPDATE", symbol=f"{tag}{i}") for i in range(20)]
+    async with mesh.subscribe("tm.*.*.*.*.>", start=Start.all(), ack="none") as sub:
+        await produce_events(kafka.bootstrap, topics["in"], events)
+        ids = {e.event_id for e in events}
+        while ids:
+            ids.discard((await sub.next(30)).event.event_id)
+    d = bridge.metrics.kafka_to_nats  # d.lag is replaced by each stats report
+    await eventually(lambda: any(k.startswith(topics["in"]) for k in d.lag), 30, "consumer stats")
+    known = {k for k in d.lag if k.startswith(topics["in"])}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "node.cli",
+        "--url",
+        nats_server.url,
+        "streams",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    reports = {r["reported_by"]: r["lag"] for r in json.loads(out) if "reported_by" in r}
+    mine = reports[f"bridge {bridge.cfg.name} (kafka -> nats)"]
+    assert known <= set(mine)  # every partition the bridge knew a lag for, as a number
+    assert all(v >= 0 for v in mine.values())
