@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,15 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds (children not included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _metrics_once(port: int) -> dict[str, float]:
@@ -130,6 +140,7 @@ def _spawn_gateway(nats_url: str, cfg: Path, port: int, server: str = "hypercorn
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = [round(x, 2) for x in os.getloadavg()]
     if not args.rate:
         # The same delivery load (~55,000 events/s) whatever the number of clients.
         args.rate = max(1, round(60 * 1000 / args.clients))
@@ -184,7 +195,14 @@ max_connections_per_user = 10
                 assert c.stdin is not None
                 c.stdin.write(f"go {t0} {t1}\n".encode())
                 await c.stdin.drain()
-            critical_ids = await _publish(mesh, args, t0, t1)
+            pids = {"gateway": [g.pid for g in gws], "clients": [c.pid for c in clients]}
+            cpu0 = {k: sum(map(_cpu_s, v)) for k, v in pids.items()}
+            critical_ids = await _publish(mesh, args, t0, t1, lambda: cpu0.update(
+                {k: sum(map(_cpu_s, v)) for k, v in pids.items()}))
+            # CPU used in the measured window, in cores: what the gateway and the load
+            # generator cost, independent of what else runs on the machine.
+            cpu = {k: round((sum(map(_cpu_s, pids[k])) - cpu0[k]) / args.seconds, 2)
+                   for k in pids}
             peak_rss = [_rss_mb(g.pid) for g in gws]
             await mesh.publish(Event(event_type="MARGIN_CALL", symbol="ENDMARK",
                                      account="ACC0"))
@@ -247,12 +265,16 @@ max_connections_per_user = 10
         "clients_behind_at_end": unfinished,
         "frames_out": int(m.get("gateway_frames_out_total", 0)),
         "gateway_send_age_ms": _send_age(m),
+        "cpu_cores": cpu,
+        # 1/5/15-minute load averages when the bench started (others' work on the machine)
+        "loadavg_before": load_before,
         "closed": closed,
         "metrics_from": int(m.get("instances_answered", 0)),
     }
 
 
-async def _publish(mesh: Mesh, args: argparse.Namespace, t0: float, t1: float) -> int:
+async def _publish(mesh: Mesh, args: argparse.Namespace, t0: float, t1: float,
+                   at_t0: Callable[[], None]) -> int:
     """The mixed load at args.rate events/s in 10 ms ticks; returns how many critical
     events went out inside the window."""
     rnd = random.Random(7)
@@ -263,7 +285,11 @@ async def _publish(mesh: Mesh, args: argparse.Namespace, t0: float, t1: float) -
     criticals = 0
     n = 0
     next_t = time.time()
+    started = False
     while (now := time.time()) < t1:
+        if not started and now >= t0:
+            started = True
+            at_t0()
         owed += per_tick
         batch: list[Event] = []
         while owed >= 1:

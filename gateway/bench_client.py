@@ -308,8 +308,14 @@ async def main() -> None:
         "finished": stats.finished,
     }
     print(json.dumps(out), flush=True)
-    os._exit(0)  # thousands of open transports: the parent kills us anyway
+    # (returns: the parent kills this process once it has read the line)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # BENCH_CLIENT_PROFILE=<prefix>: cProfile this process into <prefix>.<pid>.
+    if prof := os.environ.get("BENCH_CLIENT_PROFILE"):
+        import cProfile
+
+        cProfile.run("asyncio.run(main())", f"{prof}.{os.getpid()}")
+    else:
+        asyncio.run(main())
