@@ -25,6 +25,7 @@ from mesh.catalog import Priority
 from mesh.client import Mesh, connect_nats
 from mesh.errors import MeshError
 from mesh.events import Event
+from mesh.loop import run as run_loop
 from mesh.subscriber import Interest, Start
 
 Handler = Callable[[argparse.Namespace, config.MeshConfig], Awaitable[int]]
@@ -435,7 +436,7 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
         cfg = config.load(args.config)
         tracing.configure(cfg.tracing, cfg.service)
         fn: Handler = args.fn
-        sys.exit(asyncio.run(_call(fn, args, cfg)))
+        sys.exit(run_loop(_call(fn, args, cfg)))
     except MeshError as e:
         print(f"mesh: error: {e}", file=sys.stderr)
         sys.exit(2)
