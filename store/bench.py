@@ -34,6 +34,27 @@ SYMBOLS = 500
 ACCOUNTS = 20_000
 
 
+def _market(i: int) -> Event:
+    return Event(
+        event_type="PRICE_UPDATE", symbol=f"S{i % SYMBOLS}", payload={"px": 100.0 + i, "qty": i}
+    )
+
+
+def _platform(i: int) -> Event:
+    """The demo's proportions: market data without an account in TM_HIGH, the rest
+    account events over the other three streams (and so in the account table too)."""
+    r = i % 20
+    if r < 12:
+        return _market(i)
+    kind = "PNL_CHANGE" if r < 17 else "USER_NOTIFICATION" if r < 19 else "MARGIN_CALL"
+    return Event(event_type=kind, account=f"A{i % ACCOUNTS}", payload={"amount": i / 100})
+
+
+# --mix: "market" is the worst case for the sink (one stream, so one insert at a time);
+# "platform" spreads the same count over the four streams as the demo does.
+MIXES = {"market": _market, "platform": _platform}
+
+
 def _pct(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
     return {
@@ -50,26 +71,19 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     cfg = StoreConfig(target=str(tmp / "ch"), batch_rows=args.batch_rows, batch_ms=args.batch_ms)
     client = db.connect(cfg.target)
     schema.migrate(client, cfg.database, cfg.ttl_days)
-    out: dict[str, object] = {"events": args.events, "rows": args.rows}
+    out: dict[str, object] = {"events": args.events, "mix": args.mix, "rows": args.rows}
     try:
         async with Mesh.connect(server.url, service="bench") as mesh:
             for i in range(0, args.events, 5000):
                 await mesh.publish_many(
-                    [
-                        Event(
-                            event_type="PRICE_UPDATE",
-                            symbol=f"S{(i + j) % SYMBOLS}",
-                            payload={"px": 100.0 + j, "qty": j},
-                        )
-                        for j in range(min(5000, args.events - i))
-                    ]
+                    [MIXES[args.mix](i + j) for j in range(min(5000, args.events - i))]
                 )
             nc = await connect_nats(server.url, "mesh", "mesh-dev")
             sink = Sink(nc, lambda: db.connect(cfg.target), cfg)
+            stats = sink.stats()
             t0 = time.perf_counter()
             task = asyncio.create_task(sink.run())
-            high = sink.sinks[1].stats
-            while high.rows < args.events:  # noqa: ASYNC110 - a counter, nothing announces it
+            while sum(s.rows for s in stats) < args.events:  # noqa: ASYNC110 - a counter
                 await asyncio.sleep(0.01)
             dt = time.perf_counter() - t0
             out["ingest_rows_per_s"] = round(args.events / dt)
@@ -84,7 +98,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     ]
                 )
                 await asyncio.sleep(max(0.0, step / args.lag_rate - (time.perf_counter() - t)))
-            while high.rows < args.events + args.lag_events:  # noqa: ASYNC110 - as above
+            while sum(s.rows for s in stats) < args.events + args.lag_events:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -142,6 +156,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=400_000, help="events through JetStream")
+    p.add_argument("--mix", choices=sorted(MIXES), default="market", help="what they are")
     p.add_argument("--rows", type=int, default=1_000_000, help="generated rows for queries")
     p.add_argument("--repeat", type=int, default=100)
     p.add_argument("--batch-rows", type=int, default=20_000)
