@@ -1,8 +1,9 @@
 """`mesh bench gateway`: N WebSocket clients in separate processes, a mixed publish load,
 and one JSON line of results.
 
-Everything runs on loopback: a nats-server with the project's streams, one gateway
-process (Quart on Hypercorn), `--procs` client processes (gateway/bench_client.py) and
+Everything runs on loopback: a nats-server with the project's streams, `--gateway-procs`
+gateway processes sharing one port with SO_REUSEPORT (default 2, one per core; Uvicorn
+unless `--server hypercorn`), `--procs` client processes (gateway/bench_client.py) and
 the publisher in this process. Each client subscribes to all prices, its account's
 orders and all risk events, so one published price is delivered to every client, an
 order to clients/accounts of them, a critical risk event to every client.
@@ -120,7 +121,7 @@ async def _readline(proc: asyncio.subprocess.Process, timeout: float) -> str:
     return line.decode().strip()
 
 
-def _spawn_gateway(nats_url: str, cfg: Path, port: int, server: str = "hypercorn",
+def _spawn_gateway(nats_url: str, cfg: Path, port: int, server: str = "uvicorn",
                    instance: str = "gw0", reuse_port: bool = False) -> subprocess.Popen[str]:
     """The gateway process, returned once it listens. GATEWAY_PROFILE=<file> runs it
     under cProfile (the profile is written when it drains on SIGTERM)."""

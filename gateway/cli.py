@@ -62,7 +62,7 @@ async def cmd_bench(args: argparse.Namespace, cfg: MeshConfig) -> int:
 
 
 def register(commands: SubParsers, benches: SubParsers) -> None:
-    g = commands.add_parser("gateway", help="WebSocket gateway (Quart on Hypercorn)")
+    g = commands.add_parser("gateway", help="WebSocket gateway (Uvicorn or Hypercorn)")
     g.add_argument("--gateway-config", help="gateway.toml (see docs/gateway.md)")
     g.add_argument("--host")
     g.add_argument("--port", type=int)
@@ -87,10 +87,13 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
                    help="published events/s (mixed); each reaches ~92%% of the clients "
                    "(default: 60 x 1,000 / clients, at least 1: ~55,000 deliveries/s)")
     b.add_argument("--symbols", type=int, default=20)
-    b.add_argument("--server", choices=["hypercorn", "uvicorn"], default="hypercorn")
-    b.add_argument("--gateway-procs", type=int, default=1,
-                   help="gateway processes sharing the port (SO_REUSEPORT)")
-    b.add_argument("--flush-ms", type=float, default=10.0, help="gateway flush_ms")
+    defaults = gconfig.GatewaySettings()
+    b.add_argument("--server", choices=["hypercorn", "uvicorn"], default=defaults.server)
+    b.add_argument("--gateway-procs", type=int, default=2,
+                   help="gateway processes sharing the port (SO_REUSEPORT); default 2, "
+                   "one per core")
+    b.add_argument("--flush-ms", type=float, default=defaults.flush_ms,
+                   help="gateway flush_ms")
     b.add_argument("--inflight", type=int, default=100,
                    help="handshakes in flight per client process")
     b.set_defaults(fn=cmd_bench)

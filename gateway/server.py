@@ -1,6 +1,7 @@
-"""Serving: Hypercorn in this process (no worker fork), TLS 1.3 only when a certificate is
-configured, SO_REUSEPORT so several gateway processes can share one port, and a SIGTERM
-that drains (clients are told to reconnect with their resume point) before exiting."""
+"""Serving: Uvicorn (default) or Hypercorn in this process (no worker fork), TLS 1.3
+only when a certificate is configured, SO_REUSEPORT so several gateway processes can
+share one port, and a SIGTERM that drains (clients are told to reconnect with their
+resume point) before exiting."""
 
 from __future__ import annotations
 

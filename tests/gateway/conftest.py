@@ -117,8 +117,8 @@ class GatewayProc:
 
 
 def write_config(path: Path, keys: Keys, extra: str = "") -> Path:
-    # GATEWAY_TEST_SERVER=uvicorn runs the suite against the app on Uvicorn.
-    server = os.environ.get("GATEWAY_TEST_SERVER", "hypercorn")
+    # GATEWAY_TEST_SERVER=hypercorn runs the suite against the app on Hypercorn.
+    server = os.environ.get("GATEWAY_TEST_SERVER", "uvicorn")
     path.write_text(f"""
 [gateway]
 heartbeat_s = 2
