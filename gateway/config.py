@@ -39,9 +39,9 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True):
     connects_per_s_per_ip: float = 50.0
     connect_burst_per_ip: int = 200
     max_frame_bytes: int = 64 * 1024  # larger inbound frames get an error frame
-    # Hypercorn's own limit; between max_frame_bytes and this, an error frame. Above it
-    # Hypercorn sends 1009 and stops reading (not covered by the tests: the connection
-    # was seen to hang until the client gave up).
+    # The ASGI server's own limit; between max_frame_bytes and this, an error frame.
+    # Above it the server closes with 1009 (tests/gateway/test_frames_limits.py, both
+    # servers; with Quart's websocket wrapper the connection was seen to hang instead).
     hard_frame_bytes: int = 16 * 1024 * 1024
     max_resume_events: int = 200_000  # per subscribe; beyond: ask for a snapshot instead
 

@@ -4,6 +4,7 @@ others keep working; every limit answers with its own error frame or close code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -123,3 +124,14 @@ async def test_limits(limited: GatewayProc, keys: Keys) -> None:
     assert 4010 in codes
     for ws in (a, bob, a2):
         await ws.close()
+
+
+async def test_frame_over_the_hard_limit_closes_with_1009(client: Connect, keys: Keys) -> None:
+    """Above `hard_frame_bytes` (16 MB) the server refuses the frame itself: close 1009
+    (message too big), and the connection ends instead of hanging."""
+    ws = await client(keys.token(sub="bigsender"))
+    await recv_json(ws)
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send("x" * (16 * 1024 * 1024 + 1))
+    code, _reason = await closed(ws, 30)
+    assert code == 1009
