@@ -80,7 +80,7 @@ class AsgiWebSocket:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
-def with_ws(gw: Gateway, http_app: ASGIApp, path: str = "/ws") -> ASGIApp:
+def with_ws(gw: Gateway, http_app: Any, path: str = "/ws") -> ASGIApp:
     """The ASGI app served: `path` WebSocket connections go to the gateway directly,
     everything else (HTTP routes, lifespan) to `http_app`."""
 

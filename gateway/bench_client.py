@@ -185,17 +185,17 @@ class Client(asyncio.Protocol):
                 break
             payload = bytes(buf[pos + hl : pos + hl + ln])
             pos += hl + ln
-            op = b0 & 0x0F
+            opcode = b0 & 0x0F
             if not b0 & 0x80:  # fragment: keep until the final one
                 self.frag += payload
                 continue
-            if op == 0:
+            if opcode == 0:
                 payload, self.frag = self.frag + payload, b""
-            if op in (0, 1):
+            if opcode in (0, 1):
                 self.frame(payload, now)
-            elif op == 8:
+            elif opcode == 8:
                 self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            elif op == 9:
+            elif opcode == 9:
                 assert self.transport is not None
                 self.transport.write(masked_frame(0xA, payload))
         if pos:
