@@ -155,5 +155,5 @@ class Bridge(AsyncResource):
         if self.outbound is not None:
             await self.outbound.close()
         if self.producer is not None:
-            await asyncio.to_thread(self.producer.close)
+            await self.producer.close()
         self._closed.set()

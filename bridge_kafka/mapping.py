@@ -217,5 +217,5 @@ def nats_to_kafka(rule: OutboundRule, d: Delivery) -> tuple[bytes | None, bytes,
             if value:
                 headers.append((name, value.encode()))
     # the stored bytes when there are any: the same JSON, without encoding it again
-    value = d.data or ev.encode(event)
-    return (key_value.encode() if key_value else None), value, headers
+    stored = d.data or ev.encode(event)
+    return (key_value.encode() if key_value else None), stored, headers

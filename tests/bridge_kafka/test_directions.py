@@ -47,6 +47,16 @@ async def test_nats_to_kafka_delivers_keyed_by_symbol(
     h = dict(records[0].headers())
     assert h["tm-origin"] == b"nats"
     assert h["tm-correlation-id"] == events[0].correlation_id.encode()
+    # Kafka's confirmations come back and ack JetStream: nothing left unacked there
+    m = bridge.metrics.nats_to_kafka
+    await eventually(lambda: m.delivered == 50, 20, "50 delivery reports")
+    assert bridge.outbound is not None
+    for _ in range(500):  # the server applies acks asynchronously: poll, bounded
+        if sum((await bridge.outbound.lag()).values()) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await bridge.outbound.lag() == {k: 0 for k in await bridge.outbound.lag()}
+    assert m.received == 50  # and none was redelivered for want of an ack
 
 
 async def test_status_command_reports_health_counts_and_lag(
@@ -146,3 +156,22 @@ async def test_mesh_streams_shows_the_kafka_side_lag_per_partition(
     mine = reports[f"bridge {bridge.cfg.name} (kafka -> nats)"]
     assert known <= set(mine)  # every partition the bridge knew a lag for, as a number
     assert all(v >= 0 for v in mine.values())
+
+
+async def test_every_kafka_confirmation_acks_its_jetstream_event(
+    bridge: Bridge, mesh: Mesh, kafka: KafkaBroker, topics: dict[str, str], tag: str
+) -> None:
+    """20,000 events at once: confirmations come back over many polls while later records
+    are still in flight, and each one must still ack its JetStream event."""
+    m = bridge.metrics.nats_to_kafka
+    await mesh.publish_many(
+        [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(20_000)]
+    )
+    await eventually(lambda: m.delivered == 20_000, 60, "20,000 delivery reports")
+    assert bridge.outbound is not None
+    for _ in range(500):  # the server applies acks asynchronously: poll, bounded
+        if sum((await bridge.outbound.lag()).values()) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sum((await bridge.outbound.lag()).values()) == 0
+    assert m.received == 20_000  # none redelivered for want of an ack
