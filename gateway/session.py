@@ -1,12 +1,13 @@
 """One WebSocket connection: its subscriptions, its priority-aware send queue, its writer.
 
-Queue: one lane per priority (critical first). Each lane is an OrderedDict so that, once
-a session falls behind (`conflate_after` market events queued), a market event replaces
-the queued one of the same (pattern, type, symbol): it is removed and the new one goes
-to the end, marked conflated, which keeps stream order within a lane. Must-deliver events
-(critical, orders, portfolio, notifications) are never dropped: if more than `max_must`
-wait, or the socket accepts nothing for `deliver_within_s` while they wait, the session is
-closed with 4008 and the client resumes from its last sequences.
+Queue: one lane per priority (critical first): a plain deque, and an OrderedDict used
+once a session falls behind (`conflate_after` market events queued), where a market
+event replaces the queued one of the same (pattern, type, symbol): it is removed and the
+new one goes to the end, marked conflated, which keeps stream order within a lane.
+Must-deliver events (critical, orders, portfolio, notifications) are never dropped: if
+more than `max_must` wait, or the socket accepts nothing for `deliver_within_s` while
+they wait, the session is closed with 4008 and the client resumes from its last
+sequences.
 """
 
 from __future__ import annotations
