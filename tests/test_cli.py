@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 
 from mesh import chain
 from mesh.client import Mesh
 from mesh.events import Event
 from mesh.server import NatsServer
+from tests.helpers import mesh_command
 
 
 async def mesh_cli(url: str, *args: str, timeout: float = 30) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mesh.cli",
-        "--url",
-        url,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await mesh_command("--url", url, *args, timeout=timeout)
 
 
 def a_chain(tag: str) -> list[Event]:

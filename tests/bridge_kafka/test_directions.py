@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker
@@ -13,11 +12,22 @@ from mesh.client import Mesh
 from mesh.events import Event, decode, encode
 from mesh.server import NatsServer
 from mesh.subscriber import Start
-from tests.bridge_kafka.conftest import ROOT
 from tests.bridge_kafka.kafka_helpers import produce, produce_events, read_topic
-from tests.helpers import eventually
+from tests.helpers import eventually, mesh_command
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def jetstream_backlog(bridge: Bridge, wait: float = 10.0) -> int:
+    """The outbound consumers' unacked + undelivered events, once 0 or after `wait` s
+    (the server applies acks asynchronously, so this polls)."""
+    assert bridge.outbound is not None
+    deadline = asyncio.get_running_loop().time() + wait
+    while (left := sum((await bridge.outbound.lag()).values())) and (  # noqa: ASYNC110
+        asyncio.get_running_loop().time() < deadline  # (server-side state: nothing to await)
+    ):
+        await asyncio.sleep(0.02)
+    return left
 
 
 async def test_kafka_to_nats_delivers_with_ids_and_headers(
@@ -50,12 +60,7 @@ async def test_nats_to_kafka_delivers_keyed_by_symbol(
     # Kafka's confirmations come back and ack JetStream: nothing left unacked there
     m = bridge.metrics.nats_to_kafka
     await eventually(lambda: m.delivered == 50, 20, "50 delivery reports")
-    assert bridge.outbound is not None
-    for _ in range(500):  # the server applies acks asynchronously: poll, bounded
-        if sum((await bridge.outbound.lag()).values()) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert await bridge.outbound.lag() == {k: 0 for k in await bridge.outbound.lag()}
+    assert await jetstream_backlog(bridge) == 0
     assert m.received == 50  # and none was redelivered for want of an ack
 
 
@@ -71,21 +76,10 @@ async def test_status_command_reports_health_counts_and_lag(
     await read_topic(kafka.bootstrap, topics["out"], 5)
     m = bridge.metrics
     await eventually(lambda: m.kafka_up and m.nats_to_kafka.delivered == 5, 20, "delivered")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "node.cli",
-        "--url",
-        nats_server.url,
-        "bridge",
-        "status",
-        "--name",
-        bridge.cfg.name,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
+    code, out, err = await mesh_command(
+        "--url", nats_server.url, "bridge", "status", "--name", bridge.cfg.name
     )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, out
+    assert code == 0, err
     status = json.loads(out)
     assert status["health"] == {"status": "ok", "down": [], "kafka": "up", "nats": "up"}
     assert status["nats_to_kafka"]["delivered"] == 5
@@ -139,19 +133,8 @@ async def test_mesh_streams_shows_the_kafka_side_lag_per_partition(
     d = bridge.metrics.kafka_to_nats  # d.lag is replaced by each stats report
     await eventually(lambda: any(k.startswith(topics["in"]) for k in d.lag), 30, "consumer stats")
     known = {k for k in d.lag if k.startswith(topics["in"])}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "node.cli",
-        "--url",
-        nats_server.url,
-        "streams",
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, out
+    code, out, err = await mesh_command("--url", nats_server.url, "streams", "--json")
+    assert code == 0, err
     reports = {r["reported_by"]: r["lag"] for r in json.loads(out) if "reported_by" in r}
     mine = reports[f"bridge {bridge.cfg.name} (kafka -> nats)"]
     assert known <= set(mine)  # every partition the bridge knew a lag for, as a number
@@ -168,10 +151,5 @@ async def test_every_kafka_confirmation_acks_its_jetstream_event(
         [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(20_000)]
     )
     await eventually(lambda: m.delivered == 20_000, 60, "20,000 delivery reports")
-    assert bridge.outbound is not None
-    for _ in range(500):  # the server applies acks asynchronously: poll, bounded
-        if sum((await bridge.outbound.lag()).values()) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert sum((await bridge.outbound.lag()).values()) == 0
+    assert await jetstream_backlog(bridge) == 0
     assert m.received == 20_000  # none redelivered for want of an ack

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
-from pathlib import Path
 
 from mesh.server import NatsServer
 from store.config import StoreConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import mesh_command
 
 
 async def mesh_cmd(*argv: str) -> tuple[int, str, str]:
-    p = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "node.cli",
-        *argv,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await p.communicate()
-    assert p.returncode is not None
-    return p.returncode, out.decode(), err.decode()
+    return await mesh_command(*argv)
 
 
 async def test_audit_named_queries_and_chain(endpoint: int, store_cfg: StoreConfig) -> None:
