@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.subscriber")
 NS = 1_000_000_000
 _FLOW_CONTROL = b"NATS/1.0 100 FlowControl"
+_ACK = b"PUB %s 4\r\n+ACK\r\n"  # an ack as written to the wire, % the reply subject
 
 
 class Interest(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,7 +179,7 @@ class Delivery:
     def ack_frame(self) -> bytes:
         """The ack as protocol bytes, for `ack_many`; ends the delivery's span."""
         self._end_span()
-        return b"PUB %s 4\r\n+ACK\r\n" % self._reply if self._reply else b""
+        return _ACK % self._reply if self._reply else b""
 
     async def ack_sync(self, timeout: float = 5.0) -> None:
         """Ack and wait until the server confirmed it: for work that must not repeat."""
@@ -210,6 +211,11 @@ async def ack_many(deliveries: Iterable[Delivery]) -> None:
         frames.append(d.ack_frame())
     if nc is not None:
         await wire.send(nc, b"".join(frames))
+
+
+def _start_span(d: Delivery) -> None:
+    # The span stays open until the caller acks: it measures the processing.
+    d._span = tracing.consume_span(d.event.event_type, d.subject, d.event.event_id, d.headers)
 
 
 def ack_info(reply: bytes) -> tuple[int, int]:
@@ -396,7 +402,7 @@ class Subscription(AsyncResource):
                 return wire.send(nc, b"PUB %s 5\r\n+TERM\r\n" % reply) if reply else None
             if match is not None and not match(event, _LazyHeaders(headers)):
                 stats.filtered_out += 1
-                return wire.send(nc, b"PUB %s 4\r\n+ACK\r\n" % reply) if reply else None
+                return wire.send(nc, _ACK % reply) if reply else None
             if project is not None:
                 event = project.apply(event)
             seq = ack_info(reply)[0] if reply else 0
@@ -414,25 +420,19 @@ class Subscription(AsyncResource):
         d = await asyncio.wait_for(self._lanes.get(), timeout)
         self.stats.delivered += 1
         if tracing.enabled():
-            # The span stays open until the caller acks: it measures the processing.
-            d._span = tracing.consume_span(
-                d.event.event_type, d.subject, d.event.event_id, d.headers
-            )
+            _start_span(d)
         return d
 
     async def next_many(self, max_items: int, timeout: float | None = None) -> list[Delivery]:
         """The next deliveries, most urgent first: waits (up to `timeout`, then raises
         TimeoutError) for one, then takes up to `max_items` in all of what is already here,
         without waiting again. For consumers that work in batches."""
-        first = await self.next(timeout)
-        out = [first]
+        out = [await self.next(timeout)]
         take = self._lanes.get_nowait
         traced = tracing.enabled()
         while len(out) < max_items and (d := take()) is not None:
             if traced:
-                d._span = tracing.consume_span(
-                    d.event.event_type, d.subject, d.event.event_id, d.headers
-                )
+                _start_span(d)
             out.append(d)
         self.stats.delivered += len(out) - 1
         return out

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +10,7 @@ from mesh.client import Mesh
 from mesh.events import Event, encode
 from mesh.subscriber import Interest, Start, ack_many
 from mesh.transforms import Transforms
-from tests.helpers import eventually
+from tests.helpers import eventually, settled
 
 
 def orders(tag: str, n: int, start: int = 0) -> list[Event]:
@@ -137,11 +136,10 @@ async def test_next_many_takes_what_is_there_most_urgent_first_and_ack_many_acks
         await ack_many(batch + rest)
 
         for stream, name in (("TM_HIGH", "high"), ("TM_CRITICAL", "critical")):
-            for _ in range(1000):  # the server applies acks asynchronously: poll, bounded
-                info = await jsapi.call(mesh.nc, f"$JS.API.CONSUMER.INFO.{stream}.{durable}-{name}")
-                if info["num_ack_pending"] == 0:
-                    break
-                await asyncio.sleep(0.01)
+            subject = f"$JS.API.CONSUMER.INFO.{stream}.{durable}-{name}"
+            info = await settled(  # the server applies acks asynchronously
+                lambda s=subject: jsapi.call(mesh.nc, s), lambda i: i["num_ack_pending"] == 0
+            )
             assert info["num_ack_pending"] == 0
             assert info["ack_floor"]["stream_seq"] == info["delivered"]["stream_seq"]
         with pytest.raises(TimeoutError):

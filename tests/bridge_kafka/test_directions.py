@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker
@@ -13,21 +14,20 @@ from mesh.events import Event, decode, encode
 from mesh.server import NatsServer
 from mesh.subscriber import Start
 from tests.bridge_kafka.kafka_helpers import produce, produce_events, read_topic
-from tests.helpers import eventually, mesh_command
+from tests.helpers import eventually, mesh_command, settled
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-async def jetstream_backlog(bridge: Bridge, wait: float = 10.0) -> int:
-    """The outbound consumers' unacked + undelivered events, once 0 or after `wait` s
-    (the server applies acks asynchronously, so this polls)."""
+async def jetstream_backlog(bridge: Bridge) -> int:
+    """The outbound consumers' unacked + undelivered events, once 0 or after 10 s."""
     assert bridge.outbound is not None
-    deadline = asyncio.get_running_loop().time() + wait
-    while (left := sum((await bridge.outbound.lag()).values())) and (  # noqa: ASYNC110
-        asyncio.get_running_loop().time() < deadline  # (server-side state: nothing to await)
-    ):
-        await asyncio.sleep(0.02)
-    return left
+    lag = bridge.outbound.lag
+    return await settled(lambda: _total(lag()), lambda left: left == 0)
+
+
+async def _total(lag: Awaitable[dict[str, int]]) -> int:
+    return sum((await lag).values())
 
 
 async def test_kafka_to_nats_delivers_with_ids_and_headers(
