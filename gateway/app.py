@@ -20,6 +20,7 @@ from gateway import protocol
 from gateway.auth import Verifier, token_from
 from gateway.config import GatewaySettings
 from gateway.fanout import Hub
+from gateway.gcwatch import WATCH
 from gateway.limits import Buckets
 from gateway.metrics import Metrics
 from gateway.session import Session
@@ -42,6 +43,8 @@ class Gateway:
         self.metrics = Metrics()
         self.metrics.groups = lambda: len(self.hub.groups)
         self.metrics.instance = settings.instance
+        self.metrics.gc = WATCH.install()
+        self.hub.arrived = self.metrics.arrived
         self.metrics.queue_depth = self._queue_depth
         lim = settings.limits
         self.op_buckets = Buckets(lim.ops_per_s, lim.ops_burst)
@@ -191,6 +194,14 @@ def create_app(gw: Gateway) -> Quart:
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(gw.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.get("/debug/gc")
+    async def gc_pauses() -> Response:
+        # Collector pauses of this process (which one answered: `instance`), with the
+        # wall time of each older-generation collection (mesh bench gateway reads it).
+        body = {"instance": gw.settings.instance, "summary": WATCH.summary(),
+                "recent": list(WATCH.recent)}
+        return Response(protocol._enc.encode(body), content_type="application/json")
 
     @app.get("/")
     async def index() -> Response:

@@ -44,13 +44,22 @@ class Headers:
         return self._h.get(key.lower(), default)
 
 
+def _no_send_now(payload: bytes) -> bool:
+    return False
+
+
 class AsgiWebSocket:
     __slots__ = ("_receive", "_send", "args", "headers", "remote_addr",
-                 "requested_subprotocols")
+                 "requested_subprotocols", "send_now")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
+        # On the gateway's Uvicorn protocol (gateway/uvicorn_ws.py) an event frame can be
+        # written synchronously when the socket is not backed up; elsewhere (Hypercorn)
+        # send_now always says no and the ASGI send is used.
+        proto = getattr(send, "__self__", None)
+        self.send_now: Callable[[bytes], bool] = getattr(proto, "send_now", _no_send_now)
         self.headers = Headers(scope.get("headers") or [])
         self.args = dict(parse_qsl((scope.get("query_string") or b"").decode("latin-1")))
         self.requested_subprotocols: list[str] = list(scope.get("subprotocols") or [])

@@ -92,7 +92,34 @@ def _metrics(port: int, procs: int) -> dict[str, float]:
     return total
 
 
-def _send_age(m: dict[str, float]) -> dict[str, dict[str, str]]:
+def _gc_in_window(port: int, procs: int, t0: float, t1: float) -> dict[str, Any]:
+    """Each gateway process's collector pauses inside the window (/debug/gc): the
+    full collections and every pause of 5 ms or more, as
+    {generation: [count, longest ms]}."""
+    seen: dict[str, list[list[float]]] = {}
+    for _ in range(20 * procs):
+        try:
+            body = json.loads(urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/debug/gc", timeout=60).read())
+        except OSError:
+            break
+        seen.setdefault(body["instance"], body["recent"])
+        if len(seen) == procs:
+            break
+    return {inst: _gc_pauses([r for r in recent if t0 <= r[0] <= t1])
+            for inst, recent in sorted(seen.items())}
+
+
+def _gc_pauses(rows: list[list[float]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for _, gen, ms in rows:
+        n, longest = out.get(f"gen{int(gen)}", [0, 0.0])
+        out[f"gen{int(gen)}"] = [n + 1, max(longest, ms)]
+    return out
+
+
+def _send_age(m: dict[str, float],
+              name: str = "gateway_event_age_ms") -> dict[str, dict[str, str]]:
     """p50/p99 of the gateway's own event age when a frame is handed to the server
     (publish -> send, first event of each frame), as histogram bucket bounds: it splits
     the clients' latency into gateway time and socket/client time."""
@@ -100,7 +127,7 @@ def _send_age(m: dict[str, float]) -> dict[str, dict[str, str]]:
     for prio in PRIOS:
         rows = sorted(((float("inf") if le == "+Inf" else float(le)), n)
                       for k, n in m.items()
-                      if k.startswith(f'gateway_event_age_ms_bucket{{priority="{prio}"')
+                      if k.startswith(f'{name}_bucket{{priority="{prio}"')
                       for le in [k.rsplit('le="', 1)[1].rstrip('"}')])
         if not rows or not rows[-1][1]:
             continue
@@ -209,6 +236,7 @@ max_connections_per_user = 10
                                      account="ACC0"))
             results = [json.loads(await _readline(c, 120)) for c in clients]
         m = await asyncio.to_thread(_metrics, port, n_gw)
+        gc_gw = await asyncio.to_thread(_gc_in_window, port, n_gw, t0, t1)
     finally:
         for c in clients:
             with contextlib.suppress(ProcessLookupError):
@@ -223,7 +251,9 @@ max_connections_per_user = 10
     delivered = conflated = dropped = 0
     closed: dict[str, int] = {}
     unfinished = connected = 0
+    gc_clients: list[list[float]] = []
     for r in results:
+        gc_clients += r.get("gc", [])
         connected += r["connected_at_end"]
         unfinished += r["unfinished"]
         delivered += r["delivered"]
@@ -266,7 +296,12 @@ max_connections_per_user = 10
         "clients_behind_at_end": unfinished,
         "frames_out": int(m.get("gateway_frames_out_total", 0)),
         "gateway_send_age_ms": _send_age(m),
+        # The same at arrival from NATS (publish -> the gateway starts its fan-out).
+        "gateway_arrival_age_ms": _send_age(m, "gateway_event_arrival_age_ms"),
         "cpu_cores": cpu,
+        # Collector pauses in the window: {generation: [collections, longest ms]}, per
+        # gateway process and over all client processes (gen0 only when >= 5 ms).
+        "gc_pauses": {"gateway": gc_gw, "clients": _gc_pauses(gc_clients)},
         # 1/5/15-minute load averages when the bench started (others' work on the machine)
         "loadavg_before": load_before,
         "closed": closed,

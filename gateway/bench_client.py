@@ -32,6 +32,9 @@ import jwt
 import msgspec
 from hdrh.histogram import HdrHistogram
 
+from gateway.gcwatch import WATCH
+from mesh import loop
+
 
 class Ev(msgspec.Struct):
     priority: str = ""
@@ -275,6 +278,7 @@ async def main() -> None:
                    help="handshakes+subscribes in flight at once")
     p.add_argument("--grace", type=float, default=30.0, help="wait for the end marker")
     a = p.parse_args()
+    WATCH.install()
     stats = Stats(a.count)
     gate = asyncio.Semaphore(a.inflight)
     now = int(time.time())
@@ -306,6 +310,7 @@ async def main() -> None:
         "unfinished": stats.total - stats.finished,
         "closed": stats.closed,
         "finished": stats.finished,
+        "gc": [r for r in WATCH.recent if stats.t0 <= r[0] <= stats.t1],
     }
     print(json.dumps(out), flush=True)
     # (returns: the parent kills this process once it has read the line)
@@ -316,6 +321,8 @@ if __name__ == "__main__":
     if prof := os.environ.get("BENCH_CLIENT_PROFILE"):
         import cProfile
 
-        cProfile.run("asyncio.run(main())", f"{prof}.{os.getpid()}")
+        cProfile.run("loop.run(main())", f"{prof}.{os.getpid()}")
     else:
-        asyncio.run(main())
+        # uvloop (as every mesh command): the receive path per frame is C, not the
+        # selector loop's Python.
+        loop.run(main())

@@ -1,7 +1,7 @@
 """Shared subscriptions: one JetStream consumer per subject pattern per gateway process.
 
 Every session interested in a pattern is a `Member` of that pattern's `Group`. The group
-encodes each event once (`Out.frame`, a str shared by every recipient) and offers it to
+encodes each event once (`Out.frame`, bytes shared by every recipient) and offers it to
 each member, which applies its own content filter and resume floor and queues it on its
 session. The group's consumer is removed when its last member leaves.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,7 @@ class Out:
                  "seq", "stream", "ts")
 
     def __init__(self, pattern: str, stream: str, seq: int, event: Event, priority: Priority,
-                 domain: str, frame: str | None = None) -> None:
+                 domain: str, frame: bytes | None = None) -> None:
         self.pattern = pattern
         self.stream = stream
         self.seq = seq
@@ -47,9 +48,9 @@ class Out:
         self.must = priority is Priority.CRITICAL or domain not in CONFLATABLE_DOMAINS
         self.ckey = (pattern, event.event_type, event.symbol)
         self.frame = frame or protocol.event_frame(pattern, stream, seq, event)
-        self._conflated: str | None = None
+        self._conflated: bytes | None = None
 
-    def conflated_frame(self) -> str:
+    def conflated_frame(self) -> bytes:
         if self._conflated is None:
             self._conflated = protocol.mark_conflated(self.frame)
         return self._conflated
@@ -101,6 +102,7 @@ class Group:
         catalog = self.hub.catalog
         pattern = self.pattern
         members = self.members
+        arrived = self.hub.arrived
         while True:
             d = await sub.next()
             if not members:
@@ -110,6 +112,7 @@ class Group:
             except Exception:
                 domain = ""
             out = Out(pattern, d.stream, d.seq, d.event, d.priority, domain)
+            arrived(out.priority, (time.time_ns() - out.ts) / 1e6)
             headers = d.headers
             seq, stream, event = d.seq, d.stream, d.event
             for m in list(members.values()):
@@ -138,6 +141,8 @@ class Hub:
         self.mesh = mesh
         self.catalog = catalog
         self.groups: dict[str, Group] = {}
+        # (priority, ms since publish) per event taken from NATS; the gateway's metrics.
+        self.arrived: Callable[[str, float], None] = lambda p, ms: None
         self._lock = asyncio.Lock()
 
     async def join(self, pattern: str, member: Member) -> Group:

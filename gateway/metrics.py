@@ -6,8 +6,10 @@ import bisect
 from collections import Counter
 from collections.abc import Callable
 
+from gateway.gcwatch import GcWatch
+
 # Event age at send (publish timestamp -> handed to the socket), milliseconds.
-BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+BUCKETS_MS = (0.5, 1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 250, 500, 1000, 5000)
 
 
 class Histogram:
@@ -37,10 +39,13 @@ class Metrics:
         self.rejected: Counter[str] = Counter()  # auth/limit refusals by code
         self.errors: Counter[str] = Counter()  # error frames by code
         self.latency: dict[str, Histogram] = {}
+        # Event age when the gateway takes it from NATS (publish -> fan-out starts).
+        self.arrival: dict[str, Histogram] = {}
         self.queue_depth: Callable[[], dict[str, int]] = dict
         self.groups: Callable[[], int] = lambda: 0
         # Which process answered: behind SO_REUSEPORT any of them may.
         self.instance = ""
+        self.gc: GcWatch | None = None
 
     def age(self, priority: str, ms: float) -> None:
         h = self.latency.get(priority)
@@ -48,11 +53,25 @@ class Metrics:
             h = self.latency[priority] = Histogram()
         h.observe(ms)
 
+    def arrived(self, priority: str, ms: float) -> None:
+        h = self.arrival.get(priority)
+        if h is None:
+            h = self.arrival[priority] = Histogram()
+        h.observe(ms)
+
     def render(self) -> str:
         out: list[str] = []
 
         def line(name: str, value: float, labels: str = "") -> None:
             out.append(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}")
+
+        def histogram(name: str, p: str, h: Histogram) -> None:
+            acc = 0
+            for b, c in zip((*BUCKETS_MS, "+Inf"), h.counts, strict=True):
+                acc += c
+                line(f"{name}_bucket", acc, f'priority="{p}",le="{b}"')
+            line(f"{name}_sum", round(h.total, 3), f'priority="{p}"')
+            line(f"{name}_count", h.n, f'priority="{p}"')
 
         out.append("# TYPE gateway_info gauge")
         line("gateway_info", 1, f'instance="{self.instance}"')
@@ -86,10 +105,18 @@ class Metrics:
             line("gateway_error_frames_total", n, f'code="{r}"')
         out.append("# TYPE gateway_event_age_ms histogram")
         for p, h in sorted(self.latency.items()):
-            acc = 0
-            for b, c in zip((*BUCKETS_MS, "+Inf"), h.counts, strict=True):
-                acc += c
-                line("gateway_event_age_ms_bucket", acc, f'priority="{p}",le="{b}"')
-            line("gateway_event_age_ms_sum", round(h.total, 3), f'priority="{p}"')
-            line("gateway_event_age_ms_count", h.n, f'priority="{p}"')
+            histogram("gateway_event_age_ms", p, h)
+        out.append("# TYPE gateway_event_arrival_age_ms histogram")
+        for p, h in sorted(self.arrival.items()):
+            histogram("gateway_event_arrival_age_ms", p, h)
+        if self.gc is not None:
+            out.append("# TYPE gateway_gc_collections_total counter")
+            for g, n in enumerate(self.gc.count):
+                line("gateway_gc_collections_total", n, f'generation="{g}"')
+            out.append("# TYPE gateway_gc_pause_ms_total counter")
+            for g, ms in enumerate(self.gc.total_ms):
+                line("gateway_gc_pause_ms_total", round(ms, 3), f'generation="{g}"')
+            out.append("# TYPE gateway_gc_pause_ms_max gauge")
+            for g, ms in enumerate(self.gc.max_ms):
+                line("gateway_gc_pause_ms_max", round(ms, 3), f'generation="{g}"')
         return "\n".join(out) + "\n"

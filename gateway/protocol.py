@@ -1,7 +1,8 @@
 """The JSON protocol: inbound operations (decoded strictly) and outbound frames.
 
-Event frames are encoded once per event and shared by every recipient; a batch frame is
-the shared event frames joined into one JSON array.
+Event frames are encoded once per event (UTF-8 bytes, the form written to the socket)
+and shared by every recipient; a batch frame is the shared event frames joined into one
+JSON array. Control frames (status, errors, pongs) are str.
 """
 
 from __future__ import annotations
@@ -57,25 +58,25 @@ class EventFrame(msgspec.Struct, tag_field="type", tag="event"):
 
 
 _enc = msgspec.json.Encoder()
-_CONFLATED_PREFIX = '{"type":"event","conflated":true,'
-_SNAPSHOT_PREFIX = '{"type":"event","snapshot":true,'
-_PLAIN_PREFIX_LEN = len('{"type":"event",')
+_CONFLATED_PREFIX = b'{"type":"event","conflated":true,'
+_SNAPSHOT_PREFIX = b'{"type":"event","snapshot":true,'
+_PLAIN_PREFIX_LEN = len(b'{"type":"event",')
 
 
-def event_frame(pattern: str, stream: str, seq: int, event: Event) -> str:
-    return _enc.encode(EventFrame(pattern, stream, seq, event)).decode()
+def event_frame(pattern: str, stream: str, seq: int, event: Event) -> bytes:
+    return _enc.encode(EventFrame(pattern, stream, seq, event))
 
 
-def mark_conflated(frame: str) -> str:
+def mark_conflated(frame: bytes) -> bytes:
     return _CONFLATED_PREFIX + frame[_PLAIN_PREFIX_LEN:]
 
 
-def mark_snapshot(frame: str) -> str:
+def mark_snapshot(frame: bytes) -> bytes:
     return _SNAPSHOT_PREFIX + frame[_PLAIN_PREFIX_LEN:]
 
 
-def batch(frames: list[str]) -> str:
-    return '{"type":"batch","events":[' + ",".join(frames) + "]}"
+def batch(frames: list[bytes]) -> bytes:
+    return b'{"type":"batch","events":[' + b",".join(frames) + b"]}"
 
 
 def error(code: str, message: str, id: str | None = None) -> str:

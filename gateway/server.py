@@ -123,6 +123,8 @@ async def _serve_uvicorn(app: Any, settings: GatewaySettings, sock: socket.socke
     still drains first; TLS 1.3 minimum through its SSL context factory."""
     import uvicorn
 
+    from gateway.uvicorn_ws import GatewayWsProtocol
+
     def tls13(_cfg: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         ctx = default()
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -130,7 +132,7 @@ async def _serve_uvicorn(app: Any, settings: GatewaySettings, sock: socket.socke
 
     tls = bool(settings.tls.cert_file)
     cfg = uvicorn.Config(
-        app, lifespan="on", log_level="warning", access_log=False,
+        app, lifespan="on", log_level="warning", access_log=False, ws=GatewayWsProtocol,
         ws_per_message_deflate=settings.compression,
         ws_max_size=settings.limits.hard_frame_bytes,
         ssl_certfile=settings.tls.cert_file or None, ssl_keyfile=settings.tls.key_file or None,
