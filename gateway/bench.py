@@ -124,7 +124,7 @@ def _send_age(m: dict[str, float],
     (publish -> send, first event of each frame), as histogram bucket bounds: it splits
     the clients' latency into gateway time and socket/client time."""
     out: dict[str, dict[str, str]] = {}
-    for prio in PRIOS:
+    for prio in (*PRIOS, "all"):
         rows = sorted(((float("inf") if le == "+Inf" else float(le)), n)
                       for k, n in m.items()
                       if k.startswith(f'{name}_bucket{{priority="{prio}"')
@@ -133,9 +133,9 @@ def _send_age(m: dict[str, float],
             continue
         total = rows[-1][1]
         q: dict[str, str] = {}
-        for name, frac in (("p50", 0.5), ("p99", 0.99)):
+        for qname, frac in (("p50", 0.5), ("p99", 0.99)):
             le = next(b for b, n in rows if n >= frac * total)
-            q[name] = f"<={le:g}"
+            q[qname] = f"<={le:g}"
         out[prio] = q
     return out
 
@@ -223,7 +223,9 @@ max_connections_per_user = 10
                 assert c.stdin is not None
                 c.stdin.write(f"go {t0} {t1}\n".encode())
                 await c.stdin.drain()
-            pids = {"gateway": [g.pid for g in gws], "clients": [c.pid for c in clients]}
+            pids = {"gateway": [g.pid for g in gws], "clients": [c.pid for c in clients],
+                    "nats": [nats.proc.pid] if nats.proc is not None else [],
+                    "publisher": [os.getpid()]}
             cpu0 = {k: sum(map(_cpu_s, v)) for k, v in pids.items()}
             critical_ids = await _publish(mesh, args, t0, t1, lambda: cpu0.update(
                 {k: sum(map(_cpu_s, v)) for k, v in pids.items()}))
@@ -298,6 +300,8 @@ max_connections_per_user = 10
         "gateway_send_age_ms": _send_age(m),
         # The same at arrival from NATS (publish -> the gateway starts its fan-out).
         "gateway_arrival_age_ms": _send_age(m, "gateway_event_arrival_age_ms"),
+        # Wall time of the gateway's flush passes (one per flush_ms tick with work).
+        "gateway_flush_pass_ms": _send_age(m, "gateway_flush_pass_ms").get("all", {}),
         "cpu_cores": cpu,
         # Collector pauses in the window: {generation: [collections, longest ms]}, per
         # gateway process and over all client processes (gen0 only when >= 5 ms).

@@ -41,6 +41,8 @@ class Metrics:
         self.latency: dict[str, Histogram] = {}
         # Event age when the gateway takes it from NATS (publish -> fan-out starts).
         self.arrival: dict[str, Histogram] = {}
+        # Wall time of one flush pass over the sessions with events queued.
+        self.flush_pass = Histogram()
         self.queue_depth: Callable[[], dict[str, int]] = dict
         self.groups: Callable[[], int] = lambda: 0
         # Which process answered: behind SO_REUSEPORT any of them may.
@@ -109,6 +111,8 @@ class Metrics:
         out.append("# TYPE gateway_event_arrival_age_ms histogram")
         for p, h in sorted(self.arrival.items()):
             histogram("gateway_event_arrival_age_ms", p, h)
+        out.append("# TYPE gateway_flush_pass_ms histogram")
+        histogram("gateway_flush_pass_ms", "all", self.flush_pass)
         if self.gc is not None:
             out.append("# TYPE gateway_gc_collections_total counter")
             for g, n in enumerate(self.gc.count):
