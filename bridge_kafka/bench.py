@@ -16,15 +16,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -129,25 +130,40 @@ async def _throughput(url: str, bootstrap: str, n: int, work: Path) -> tuple[flo
     return k2n, n2k
 
 
-def _kafka_latency(
-    bootstrap: str, topic: str, hist: HdrHistogram, stop: threading.Event, since: list[int]
-) -> None:
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"lat-{uuid.uuid4().hex}",
-            "auto.offset.reset": "latest",
-            "fetch.wait.max.ms": 1,
-        }
-    )
-    c.subscribe([topic])
-    while not stop.is_set():
-        for m in c.consume(1000, 0.005):
-            if m.error() is None:
-                e = ev.decode(m.value() or b"")
-                if e.timestamp >= since[0]:
-                    hist.record_value(max(1, (time.time_ns() - e.timestamp) // 1000))
-    c.close()
+class _KafkaReader:
+    """The Kafka-side latency reader as a child process (bridge_kafka.bench_reader): not
+    a thread of this process, whose loop generates the load and reads the NATS side."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge_kafka.bench_reader", bootstrap, topic],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+
+    async def ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        if line.strip() != b"ready":
+            raise BridgeError(f"bench reader did not start: {line!r}")
+
+    def tell(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    async def result(self) -> HdrHistogram:
+        self.tell("stop")
+        assert self.proc.stdout is not None
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        await asyncio.to_thread(self.proc.wait, 30)
+        return HdrHistogram.decode(line.strip())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 async def _latency(
@@ -156,17 +172,17 @@ async def _latency(
     run = uuid.uuid4().hex[:6].upper()
     k_in, k_out = f"lat-in-{run}", f"lat-out-{run}"
     await asyncio.to_thread(create_topics, bootstrap, {k_in: 4, k_out: 4, "bench-dlq": 1})
-    k2n_h, n2k_h = HdrHistogram(1, 60_000_000, 3), HdrHistogram(1, 60_000_000, 3)
+    k2n_h = HdrHistogram(1, 60_000_000, 3)
     ksym, nsym = f"K{run}", f"N{run}"
-    stop = threading.Event()
-    # Events created in the first WARMUP seconds are not measured (JIT of a fresh broker,
-    # consumer group joins): set once the load starts.
+    # Events created in the first WARMUP seconds are not measured (consumer group joins,
+    # first batches): set once the load starts.
     since = [2**62]
-    reader = threading.Thread(target=_kafka_latency, args=(bootstrap, k_out, n2k_h, stop, since))
-    reader.start()
+    reader = _KafkaReader(bootstrap, k_out)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
     stack = contextlib.ExitStack()
+    stack.callback(reader.kill)
     try:
+        await reader.ready()
         proc = BridgeProcess(_cfg(bootstrap, f"lat{run}", k_in, k_out, nsym), url, work)
         stack.callback(proc.stop)
         await proc.start()
@@ -184,6 +200,7 @@ async def _latency(
             rx = asyncio.create_task(recv())
             tick, per_tick = 0.01, max(1, int(rate * 0.01))
             since[0] = time.time_ns() + int(WARMUP * 1e9)
+            reader.tell(str(since[0]))
             t_end = time.monotonic() + seconds + WARMUP
             i = 0
             next_t = time.monotonic()
@@ -200,10 +217,9 @@ async def _latency(
             await asyncio.sleep(2.0)
             rx.cancel()
             status = await proc.status(mesh.nc)
+            n2k_h = await reader.result()
     finally:
         stack.close()
-        stop.set()
-        reader.join()
 
     def q(h: HdrHistogram) -> dict[str, float]:
         return {

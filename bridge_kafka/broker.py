@@ -87,7 +87,14 @@ def java_cmd(main: str, *args: str, heap: str = "512m", version: str = KAFKA_VER
         java,
         f"-Xmx{heap}",
         "-XX:+UseG1GC",
-        "-XX:TieredStopAtLevel=1" if main != BROKER_MAIN else "-XX:+UseStringDeduplication",
+        # C1 only, the broker included. A fresh broker's C2 compiler threads took ~0.4 of
+        # a core for minutes (measured per thread in the benchmark's latency phase, after
+        # its throughput phase): on 2 shared cores that starved the bridge and NATS, and
+        # it cost the broker itself more than the faster code saved (NATS -> Kafka 28-31k/s
+        # with C2, 43-45k/s with C1; docs/bridge.md). Tests and the demo start brokers
+        # fresh and short-lived, which is exactly where C2 never pays back.
+        "-XX:TieredStopAtLevel=1",
+        *(["-XX:+UseStringDeduplication"] if main == BROKER_MAIN else []),
         "-cp",
         f"{libs_dir(version)}/*",
         main,
