@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
@@ -61,6 +62,7 @@ class Gateway:
         self._ticker: asyncio.Task[None] | None = None
         self._empty = asyncio.Event()
         self.flush_set: set[Session] = set()
+        self.flush_wanted = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
 
     def _queue_depth(self) -> dict[str, int]:
@@ -71,29 +73,33 @@ class Gateway:
         return out
 
     def start(self) -> None:
+        # Everything built so far (imported modules, the app, config) lives as long as
+        # the process: moved out of the collector's sight, so a full collection walks
+        # only what came after (sessions). Before: one full collection per process
+        # during the 1,000-client connect burst, 45-107 ms, all sessions stalled.
+        gc.collect()
+        gc.freeze()
+        WATCH.reset()  # count what happens while serving
         self._ticker = asyncio.create_task(self._tick())
         if self.settings.flush_ms > 0:
             self._flusher = asyncio.create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        """Wakes the writers of sessions with non-critical events queued, every flush_ms:
-        the per-frame cost, not the per-event cost, limits a WebSocket server, so events
-        that arrive within one tick share a frame."""
+        """Flushes the sessions with non-critical events queued, flush_ms after the first
+        of them arrived: the per-frame cost, not the per-event cost, limits a WebSocket
+        server, so events that arrive within one window share a frame."""
         interval = self.settings.flush_ms / 1000
         loop = asyncio.get_running_loop()
-        next_t = loop.time()
+        wanted = self.flush_wanted
         while True:
-            # Ticks at a fixed rate, not a fixed sleep after each pass: when a pass takes
-            # long (CPU shared with the clients), events that came in meanwhile must not
-            # wait a whole interval more. A pass that overran starts the next one at
-            # once, so under load each pass carries more events per frame.
-            next_t += interval
-            now = loop.time()
-            if next_t < now:
-                next_t = now
-            await asyncio.sleep(next_t - now)
+            # A window opens with the first event queued after a pass and is flushed
+            # flush_ms later: an event waits at most one window (plus its place in the
+            # pass), and no tick runs while nothing is queued.
+            await wanted.wait()
+            await asyncio.sleep(interval)
+            wanted.clear()
             if self.flush_set:
-                t = loop.time()
+                t, cpu = loop.time(), time.thread_time()
                 dirty = list(self.flush_set)
                 self.flush_set.clear()
                 for i, s in enumerate(dirty, 1):
@@ -103,6 +109,9 @@ class Gateway:
                         # (critical events) in between.
                         await asyncio.sleep(0)
                 self.metrics.flush_pass.observe((loop.time() - t) * 1000)
+                # CPU of this thread meanwhile: wall >> CPU means the process waited for
+                # a core; wall ~ CPU that the work in and between the chunks was heavy.
+                self.metrics.flush_pass_cpu.observe((time.thread_time() - cpu) * 1000)
 
     async def _tick(self) -> None:
         while True:

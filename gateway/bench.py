@@ -58,6 +58,18 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _ctx_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of a process so far."""
+    n = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if "ctxt_switches:" in line:
+                n += int(line.split()[1])
+    except OSError:
+        pass
+    return n
+
+
 def _metrics_once(port: int) -> dict[str, float]:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
@@ -96,18 +108,21 @@ def _gc_in_window(port: int, procs: int, t0: float, t1: float) -> dict[str, Any]
     """Each gateway process's collector pauses inside the window (/debug/gc): the
     full collections and every pause of 5 ms or more, as
     {generation: [count, longest ms]}."""
-    seen: dict[str, list[list[float]]] = {}
+    seen: dict[str, dict[str, Any]] = {}
     for _ in range(20 * procs):
         try:
             body = json.loads(urllib.request.urlopen(
                 f"http://127.0.0.1:{port}/debug/gc", timeout=60).read())
         except OSError:
             break
-        seen.setdefault(body["instance"], body["recent"])
+        seen.setdefault(body["instance"], body)
         if len(seen) == procs:
             break
-    return {inst: _gc_pauses([r for r in recent if t0 <= r[0] <= t1])
-            for inst, recent in sorted(seen.items())}
+    # "window": in the measured window; "run": full collections over the process's
+    # whole life (startup and connection bursts included) as [count, longest ms].
+    return {inst: {"window": _gc_pauses([r for r in b["recent"] if t0 <= r[0] <= t1]),
+                   "run_gen2": [b["summary"]["gen2"]["n"], b["summary"]["gen2"]["max_ms"]]}
+            for inst, b in sorted(seen.items())}
 
 
 def _gc_pauses(rows: list[list[float]]) -> dict[str, list[float]]:
@@ -227,12 +242,19 @@ max_connections_per_user = 10
                     "nats": [nats.proc.pid] if nats.proc is not None else [],
                     "publisher": [os.getpid()]}
             cpu0 = {k: sum(map(_cpu_s, v)) for k, v in pids.items()}
-            critical_ids = await _publish(mesh, args, t0, t1, lambda: cpu0.update(
-                {k: sum(map(_cpu_s, v)) for k, v in pids.items()}))
+            ctx0 = {k: sum(map(_ctx_switches, v)) for k, v in pids.items()}
+
+            def at_t0() -> None:
+                cpu0.update({k: sum(map(_cpu_s, v)) for k, v in pids.items()})
+                ctx0.update({k: sum(map(_ctx_switches, v)) for k, v in pids.items()})
+
+            critical_ids = await _publish(mesh, args, t0, t1, at_t0)
             # CPU used in the measured window, in cores: what the gateway and the load
             # generator cost, independent of what else runs on the machine.
             cpu = {k: round((sum(map(_cpu_s, pids[k])) - cpu0[k]) / args.seconds, 2)
                    for k in pids}
+            ctx = {k: round((sum(map(_ctx_switches, pids[k])) - ctx0[k]) / args.seconds)
+                   for k in ("gateway", "clients")}
             peak_rss = [_rss_mb(g.pid) for g in gws]
             await mesh.publish(Event(event_type="MARGIN_CALL", symbol="ENDMARK",
                                      account="ACC0"))
@@ -302,7 +324,10 @@ max_connections_per_user = 10
         "gateway_arrival_age_ms": _send_age(m, "gateway_event_arrival_age_ms"),
         # Wall time of the gateway's flush passes (one per flush_ms tick with work).
         "gateway_flush_pass_ms": _send_age(m, "gateway_flush_pass_ms").get("all", {}),
+        "gateway_flush_pass_cpu_ms": _send_age(m, "gateway_flush_pass_cpu_ms").get("all", {}),
         "cpu_cores": cpu,
+        # Context switches per second in the window (all gateway / all client processes).
+        "ctx_switches_per_s": ctx,
         # Collector pauses in the window: {generation: [collections, longest ms]}, per
         # gateway process and over all client processes (gen0 only when >= 5 ms).
         "gc_pauses": {"gateway": gc_gw, "clients": _gc_pauses(gc_clients)},

@@ -43,6 +43,7 @@ class Metrics:
         self.arrival: dict[str, Histogram] = {}
         # Wall time of one flush pass over the sessions with events queued.
         self.flush_pass = Histogram()
+        self.flush_pass_cpu = Histogram()  # CPU time of the process's thread in a pass
         self.queue_depth: Callable[[], dict[str, int]] = dict
         self.groups: Callable[[], int] = lambda: 0
         # Which process answered: behind SO_REUSEPORT any of them may.
@@ -113,6 +114,8 @@ class Metrics:
             histogram("gateway_event_arrival_age_ms", p, h)
         out.append("# TYPE gateway_flush_pass_ms histogram")
         histogram("gateway_flush_pass_ms", "all", self.flush_pass)
+        out.append("# TYPE gateway_flush_pass_cpu_ms histogram")
+        histogram("gateway_flush_pass_cpu_ms", "all", self.flush_pass_cpu)
         if self.gc is not None:
             out.append("# TYPE gateway_gc_collections_total counter")
             for g, n in enumerate(self.gc.count):

@@ -223,6 +223,8 @@ class Session:
             # Everything else is coalesced: the gateway's flush tick sends it, so a busy
             # session sends one batch frame per tick instead of a frame per event.
             self._dirty = True
+            if not self._flush:
+                self.gw.flush_wanted.set()  # the first in a window: the flusher starts it
             self._flush.add(self)
 
     def _drop_oldest_market(self, rank: int) -> None:
