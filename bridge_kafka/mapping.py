@@ -21,12 +21,12 @@ import msgspec
 
 from bridge_kafka.config import InboundRule, OutboundRule
 from bridge_kafka.errors import Poison
+from bridge_kafka.feed import Passed
 from mesh import events as ev
 from mesh import subjects, wire
 from mesh.catalog import Catalog
 from mesh.errors import InvalidEvent, MalformedEvent, UnknownEventType
 from mesh.events import Event
-from mesh.subscriber import Delivery
 
 ORIGIN = "tm-origin"  # Kafka header name
 HDR_ORIGIN = "Tm-Origin"  # NATS header name
@@ -73,13 +73,11 @@ def came_from_nats(headers: KafkaHeaders | None) -> bool:
 _ORIGIN_KAFKA_RAW = f"{HDR_ORIGIN}: {FROM_KAFKA}\r\n".encode()
 
 
-def nats_came_from_kafka(d: Delivery) -> bool:
+def nats_came_from_kafka(d: Passed) -> bool:
     """Origin check on the raw header block: parsing every delivery's headers into a dict
     cost more than producing it to Kafka."""
     raw = d.raw_headers
-    if raw is None:
-        return d.headers.get(HDR_ORIGIN) == FROM_KAFKA
-    return _ORIGIN_KAFKA_RAW in raw
+    return raw is not None and _ORIGIN_KAFKA_RAW in raw
 
 
 def foreign_event_id(topic: str, partition: int, offset: int) -> str:
@@ -198,24 +196,26 @@ def event_to_nats(
     return NatsItem(subject, block, payload)
 
 
-def nats_to_kafka(rule: OutboundRule, d: Delivery) -> tuple[bytes | None, bytes, KafkaHeaders]:
-    """Key, value and headers of the Kafka record for one NATS event."""
-    event, stream, seq = d.event, d.stream, d.seq
-    key_value = event.symbol if rule.key == "symbol" else event.account
+_FROM_NATS = FROM_NATS.encode()
+
+
+def nats_to_kafka(rule: OutboundRule, d: Passed) -> tuple[bytes | None, bytes, KafkaHeaders]:
+    """Key, value and headers of the Kafka record for one NATS event. The value is the
+    event as stored (the same JSON, not decoded and encoded again)."""
+    f = d.fields
+    key_value = f.symbol if rule.key == "symbol" else f.account
     headers: KafkaHeaders = [
-        (ORIGIN, FROM_NATS.encode()),
-        (KAFKA_EVENT_ID, event.event_id.encode()),
-        (KAFKA_EVENT_TYPE, event.event_type.encode()),
-        (KAFKA_CORRELATION, event.correlation_id.encode()),
-        (KAFKA_NATS_POS, f"{stream}/{seq}".encode()),
+        (ORIGIN, _FROM_NATS),
+        (KAFKA_EVENT_ID, f.event_id),
+        (KAFKA_EVENT_TYPE, f.event_type),
+        (KAFKA_CORRELATION, f.correlation_id),
+        (KAFKA_NATS_POS, f"{d.stream}/{d.seq}"),
     ]
     raw = d.raw_headers
-    if raw is None or b"trace" in raw:  # parse only when there is something to carry
+    if raw is not None and b"trace" in raw:  # parse only when there is something to carry
         nats_headers = d.headers
         for name in (wire.HDR_TRACEPARENT, wire.HDR_TRACESTATE):
             value = nats_headers.get(name)
             if value:
-                headers.append((name, value.encode()))
-    # the stored bytes when there are any: the same JSON, without encoding it again
-    stored = d.data or ev.encode(event)
-    return (key_value.encode() if key_value else None), stored, headers
+                headers.append((name, value))
+    return (key_value.encode() if key_value else None), d.data, headers

@@ -18,12 +18,12 @@ from confluent_kafka import KafkaError
 
 from bridge_kafka import mapping
 from bridge_kafka.config import BridgeConfig, OutboundRule
+from bridge_kafka.feed import Passed, PassThrough, ack_all
 from bridge_kafka.kafka_io import ProducerThread
 from bridge_kafka.metrics import Metrics
-from mesh import events as ev
 from mesh import jsapi
 from mesh.client import Mesh
-from mesh.subscriber import Delivery, Start, Subscription, ack_many
+from mesh.subscriber import Start, SubscriptionOptions
 
 log = logging.getLogger("bridge_kafka")
 
@@ -33,7 +33,7 @@ DLQ_STREAM = "TM_BRIDGE_DLQ"
 class _Pending:
     __slots__ = ("delivery", "event_id", "rule")
 
-    def __init__(self, event_id: str, delivery: Delivery, rule: OutboundRule) -> None:
+    def __init__(self, event_id: str, delivery: Passed, rule: OutboundRule) -> None:
         self.event_id = event_id
         self.delivery = delivery
         self.rule = rule
@@ -49,17 +49,16 @@ class Outbound:
         self.metrics = metrics
         self.d = metrics.nats_to_kafka
         self._inflight: dict[str, _Pending] = {}
-        self._subs: list[Subscription] = []
+        self._subs: list[PassThrough] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._acks: list[Delivery] = []
+        self._acks: list[Passed] = []
         self._consumers: list[tuple[str, str]] = []
 
     async def start(self) -> None:
         await ensure_dlq_stream(self.mesh, self.cfg.dlq_subject)
         for i, rule in enumerate(self.cfg.outbound):
             durable = f"{self.cfg.durable}-{i}"
-            sub = self.mesh.subscribe(
-                *rule.filters,
+            opts = SubscriptionOptions(
                 durable=durable,
                 start=Start.all(),
                 max_ack_pending=self.cfg.max_inflight_out,
@@ -67,15 +66,15 @@ class Outbound:
                 # redeliveries of events still in flight to Kafka (a slow or absent
                 # broker) are absorbed in _deliver, not produced twice.
                 ack_wait=self.cfg.ack_wait,
-                burst=1024,
             )
+            sub = PassThrough(self.mesh, list(rule.filters), opts)
             await sub.start()
             self._subs.append(sub)
             self._tasks.append(asyncio.create_task(self._run(sub, rule), name="bridge-out"))
 
-    async def _run(self, sub: Subscription, rule: OutboundRule) -> None:
+    async def _run(self, sub: PassThrough, rule: OutboundRule) -> None:
         while True:
-            batch = await sub.next_many(1024)
+            batch = await sub.take(1024)
             self.d.received += len(batch)
             loops = []
             for d in batch:
@@ -85,10 +84,10 @@ class Outbound:
                     await self._deliver(d, rule)
             if loops:
                 self.d.skipped_loop += len(loops)
-                await ack_many(loops)
+                await ack_all(loops)
 
-    async def _deliver(self, d: Delivery, rule: OutboundRule) -> None:
-        eid = d.event.event_id
+    async def _deliver(self, d: Passed, rule: OutboundRule) -> None:
+        eid = d.fields.event_id
         pending = self._inflight.get(eid)
         if pending is not None:
             pending.delivery = d  # ack the newest delivery once Kafka confirms
@@ -125,16 +124,16 @@ class Outbound:
         """All acks confirmed since the last call, written as one burst and one flush."""
         acks, self._acks = self._acks, []
         if acks:
-            await ack_many(acks)
+            await ack_all(acks)
 
-    async def _dead_letter(self, d: Delivery, reason: str, detail: str) -> None:
+    async def _dead_letter(self, d: Passed, reason: str, detail: str) -> None:
         subject = f"{self.cfg.dlq_subject}.{self.cfg.name}"
         hdr = (
-            f"NATS/1.0\r\nNats-Msg-Id: dlq-{d.event.event_id}\r\n"
+            f"NATS/1.0\r\nNats-Msg-Id: dlq-{d.fields.event_id}\r\n"
             f"Tm-Dlq-Reason: {reason}\r\nTm-Dlq-Detail: {detail[:300]}\r\n"
             f"Tm-Dlq-Source: {d.stream}/{d.seq}\r\nTm-Dlq-At: {time.time_ns()}\r\n\r\n"
         ).encode()
-        await self.mesh.publisher.publish_many([(subject, hdr, ev.encode(d.event))])
+        await self.mesh.publisher.publish_many([(subject, hdr, d.data)])  # as stored
         self.d.dlq += 1
         await d.ack()
 
