@@ -6,8 +6,10 @@ the bridge has every one confirmed by the destination (JetStream PubAck / Kafka 
 report). Latency: both directions at `--rate` events/s each for `--seconds`; per event,
 the time from its creation (just before it is handed to the source) to its arrival at a
 subscriber on the other side, which is the bridge's added latency plus one hop of the
-source system. The bridge runs as its own process (`mesh bridge run`); Kafka, NATS, the bridge and
-the load generator share the 2 cores.
+source system. The bridge runs as its own process (`mesh bridge run`), and so does the
+Kafka-side reader (bridge_kafka.bench_reader: as a thread here it fought the load loop for
+the GIL and its delays counted as the bridge's); Kafka, NATS, the bridge and the load
+generator share the 2 cores.
 """
 
 from __future__ import annotations

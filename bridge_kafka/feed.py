@@ -21,9 +21,10 @@ from typing import Self
 
 import msgspec
 from nats.aio.client import Client
+from opentelemetry import trace
 
 from mesh import events as ev
-from mesh import wire
+from mesh import tracing, wire
 from mesh.catalog import Priority
 from mesh.events import Event
 from mesh.subscriber import Subscription, ack_info
@@ -51,11 +52,23 @@ _decode_fields = msgspec.json.Decoder(_Fields).decode
 class Passed:
     """One JetStream delivery, kept as the stored bytes."""
 
-    __slots__ = ("_event", "_headers", "_nc", "_reply", "data", "fields", "raw_headers", "stream")
+    __slots__ = (
+        "_event",
+        "_headers",
+        "_nc",
+        "_reply",
+        "_span",
+        "_subject",
+        "data",
+        "fields",
+        "raw_headers",
+        "stream",
+    )
 
     def __init__(
         self,
         nc: Client,
+        subject: bytes,
         reply: bytes,
         raw_headers: bytes | None,
         data: bytes,
@@ -63,7 +76,9 @@ class Passed:
         stream: str,
     ) -> None:
         self._nc = nc
+        self._subject = subject
         self._reply = reply
+        self._span: trace.Span | None = None
         self.raw_headers = raw_headers
         self.data = data
         self.fields = fields
@@ -89,7 +104,18 @@ class Passed:
             self._event = ev.decode(self.data)
         return self._event
 
+    def start_span(self) -> None:
+        """With tracing on: the bridge's CONSUMER span, child of the publisher's
+        `traceparent`, ended at the ack (as the mesh subscriber does)."""
+        f = self.fields
+        self._span = tracing.consume_span(
+            f.event_type, self._subject.decode(), f.event_id, self.headers
+        )
+
     def ack_frame(self) -> bytes:
+        if self._span is not None:
+            self._span.end()
+            self._span = None
         return _ACK % self._reply if self._reply else b""
 
     async def ack(self) -> None:
@@ -142,7 +168,7 @@ class PassThrough(Subscription):
                 self.malformed += 1
                 log.error("dropping malformed message on %s: %s", subject.decode(), e)
                 return wire.send(nc, _TERM % reply) if reply else None
-            queue.append(Passed(nc, reply, headers, data, fields, stream))
+            queue.append(Passed(nc, subject, reply, headers, data, fields, stream))
             self._waiting += 1
             ready.set()
             return None
@@ -162,6 +188,9 @@ class PassThrough(Subscription):
                 out.extend(q.popleft() for _ in range(n))
         self._waiting -= len(out)
         self.stats.delivered += len(out)
+        if tracing.enabled():
+            for p in out:
+                p.start_span()
         return out
 
     async def close(self) -> None:
