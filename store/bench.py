@@ -159,7 +159,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mix", choices=sorted(MIXES), default="market", help="what they are")
     p.add_argument("--rows", type=int, default=1_000_000, help="generated rows for queries")
     p.add_argument("--repeat", type=int, default=100)
-    p.add_argument("--batch-rows", type=int, default=20_000)
+    p.add_argument("--batch-rows", type=int, default=StoreConfig().batch_rows)
     p.add_argument("--batch-ms", type=int, default=200)
     p.add_argument("--lag-events", type=int, default=5_000)
     p.add_argument("--lag-rate", type=int, default=2_000)

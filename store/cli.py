@@ -51,7 +51,7 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     st.add_argument("--target", help="chDB directory (default data/audit) or http(s):// URL")
     st.add_argument("--database", help="database name (default audit)")
     st.add_argument("--ttl-days", type=float, help="retention in days (default 30)")
-    st.add_argument("--batch-rows", type=int, help="rows per insert at most (default 20000)")
+    st.add_argument("--batch-rows", type=int, help="rows per insert at most (default 100000)")
     st.add_argument("--batch-ms", type=int, help="ms after a batch's first row (default 200)")
     st.add_argument("--http", help="auditor endpoint host:port (default 127.0.0.1:8124)")
     st.add_argument("--no-http", action="store_true", help="sink only, no auditor endpoint")

@@ -13,7 +13,9 @@ class StoreConfig(msgspec.Struct, kw_only=True):
     target: str = "data/audit"
     database: str = "audit"
     ttl_days: float = 30.0  # retention; whole day-partitions are dropped once expired
-    batch_rows: int = 20_000  # an insert is cut at this many rows ...
+    # an insert is cut at this many rows ... (large: every insert is a part that background
+    # merges rewrite later; 100k-row parts cost ClickHouse ~3 us/row against ~5-6 at 20k)
+    batch_rows: int = 100_000
     batch_ms: int = 200  # ... or this long after its first row, whichever comes first
     durable_prefix: str = "tm-store"  # durable consumer name = prefix + "-" + stream
     # auditor endpoint

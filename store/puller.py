@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from mesh import wire
 
-Raw: TypeAlias = tuple[bytes, bytes, bytes]  # subject, reply (the ack subject), payload
+Raw: TypeAlias = tuple[bytes, bytes, bytes]  # subject, reply (carries the sequences), payload
 
 
 class Puller:
@@ -29,6 +29,11 @@ class Puller:
         self._open = False  # a pull request is outstanding
         self._route: wire.Route | None = None
         self._inbox = ""
+
+    @property
+    def buffered(self) -> list[Raw]:
+        """Messages received and not yet handed out by `fetch`."""
+        return self._got
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -71,15 +76,16 @@ class Puller:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout + 1.0):
                     await self._done.wait()
+            if not self._done.is_set() and not self._got:
+                # neither messages nor the server's expiry status: the request died with a
+                # connection (nothing answers it any more), so the next fetch asks again
+                self._open = False
         got, self._got = self._got, []
         if len(got) >= batch and not self._open:
             # a full pull means a backlog: ask for the next one now, so the server streams
             # it while the caller batches and inserts this one
             await self._request(batch, timeout)
         return got
-
-    async def ack(self, reply: bytes) -> None:
-        await self.nc.publish(reply.decode(), b"")
 
     async def close(self) -> None:
         if self._route is not None:

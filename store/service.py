@@ -11,7 +11,9 @@ import logging
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from nats.aio.client import Client as Nats
 
+from mesh import lag
 from store import db, schema
 from store.config import StoreConfig
 from store.endpoint import ReadOnlyEndpoint, serve
@@ -27,12 +29,16 @@ def connector(cfg: StoreConfig) -> functools.partial[Client]:
 
 def prometheus(sink: Sink) -> str:
     lines = []
+    held = {one.stream: one.received_seq() - one.stats.committed_seq for one in sink.sinks}
     for s in sink.stats():
         lbl = f'{{stream="{s.stream}"}}'
         lines += [
             f"mesh_store_rows_total{lbl} {s.rows}",
             f"mesh_store_batches_total{lbl} {s.batches}",
             f"mesh_store_committed_seq{lbl} {s.committed_seq}",
+            f"mesh_store_delivered_seq{lbl} {s.delivered_seq}",
+            f"mesh_store_held_events{lbl} {max(0, held[s.stream])}",
+            f"mesh_store_resubscribes_total{lbl} {s.resubscribes}",
             f"mesh_store_insert_failures_total{lbl} {s.insert_failures}",
             f"mesh_store_malformed_dropped_total{lbl} {s.malformed_dropped}",
             f"mesh_store_last_insert_ms{lbl} {s.last_insert_ms:.1f}",
@@ -57,6 +63,7 @@ async def run(
     nc = await connect_nats(nats_url, user, password)
     sink = Sink(nc, connect, cfg)
     endpoint = ReadOnlyEndpoint(connect, cfg) if http else None
+    lag_sub = await serve_lag(nc, sink, cfg)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(sink.run())
@@ -75,7 +82,14 @@ async def run(
     finally:
         if endpoint is not None:
             endpoint.close()
+        await lag_sub.unsubscribe()
         await nc.close()
+
+
+async def serve_lag(nc: Nats, sink: Sink, cfg: StoreConfig) -> Any:
+    """Answer `mesh streams` with what the sink holds but has not inserted: its consumers
+    take no acks (sink.py, 2), so JetStream's pending counts stop at delivery."""
+    return await lag.serve(nc, f"store {cfg.target} (taken, not yet in the table)", sink.held)
 
 
 def config_from(overrides: dict[str, Any], base: StoreConfig | None = None) -> StoreConfig:

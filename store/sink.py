@@ -1,26 +1,31 @@
 """JetStream -> ClickHouse sink: one durable pull consumer per priority stream, batched
-inserts, acks only after the insert, each event exactly once in the table.
+inserts, each event exactly once in the table.
 
 Why each event lands exactly once (docs/store.md, "Exactly once", has the long form):
 1. Per stream, batches are inserted one after another in stream-sequence order, and a
    batch never spans two day partitions, so each insert writes one part: it commits
    whole or not at all. The rows of a stream in the table are therefore always exactly
    the events with `seq <= max(seq)` that the sink has seen.
-2. At start the sink reads that high-water mark per stream from the table and drops any
-   (re)delivered message at or below it; in memory it also drops redeliveries of messages
-   it already holds. So a SIGKILL between insert and ack costs a redelivery, not a row.
-3. A failed insert is retried with the very same batch and the same
+2. The table, not the consumer, is the cursor. At start the sink reads that high-water
+   mark per stream and (re)creates its consumer to deliver from the next sequence, so a
+   crash anywhere costs a re-read, not a row. The consumer therefore needs no acks
+   (AckNone): acks would only repeat what the table already records, and tracking them
+   cost nats-server ~2-3 us of its ~6 us per delivered event (docs/store.md, Figures).
+3. Without acks nothing is redelivered, so a delivery lost on the way (a dropped
+   connection) must be noticed: the consumer sequence in each reply subject counts
+   deliveries one by one, and a reconnect or a jump in it cuts the batch before the hole
+   and recreates the consumer after the last event held.
+4. A failed insert is retried with the very same batch and the same
    `insert_deduplication_token` (stream + first..last sequence); the table keeps the last
    `non_replicated_deduplication_window` tokens, so an insert that did commit but whose
    answer was lost (timeout, dropped connection to a server) is not written twice.
-4. Acks use AckAll on the batch's last message: one ack per batch, and an ack lost in a
-   crash only means step 2 drops the redelivery.
 5. The batch's events that carry an account go to the account table too, in a second
    insert with the same token, after the first. Both commit before the next batch starts,
    so a crash can leave at most the last batch missing there: at start the sink copies the
    main table's account rows above the account table's high-water mark (`_recover`).
 When ClickHouse is unreachable the insert is retried with exponential back-off (0.1 s to
-5 s), the consumer is not fetched meanwhile, and JetStream holds the backlog.
+5 s), the consumer is not fetched meanwhile, and JetStream holds the backlog. What the sink
+holds but has not inserted yet is its own lag (`Sink.held`, reported on `tmmesh.lag`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class StreamStats(msgspec.Struct):
     rows: int = 0
     batches: int = 0
     committed_seq: int = 0
+    delivered_seq: int = 0  # highest sequence taken from JetStream (held or committed)
+    resubscribes: int = 0  # consumer recreated after a reconnect or a lost delivery
     redeliveries_dropped: int = 0
     malformed_dropped: int = 0
     insert_failures: int = 0
@@ -81,7 +88,6 @@ class Batch:
     raw: list[bytes] = field(default_factory=list)
     accounts: list[bytes] = field(default_factory=list)  # the lines of events with an account
     day: int = -1
-    last_reply: bytes = b""
 
     @property
     def token(self) -> str:
@@ -119,6 +125,10 @@ class StreamSink:
         self._seen = -1  # highest sequence held or committed; -1 until read from the table
         self._leftover: list[Raw] = []  # fetched, not yet batched (day cut or batch full)
         self._tail = 0  # rsplit count that isolates the stream sequence in an ack subject
+        self._next_dseq = 1  # the consumer sequence the next delivery must carry
+        self._reconnects = 0  # the connection's reconnect count when the consumer was made
+        self._broken = False  # a delivery was lost: recreate the consumer after this batch
+        self._puller: Puller | None = None
         self.durable = f"{cfg.durable_prefix}-{stream}"
 
     # -- ClickHouse side (runs in a worker thread: chDB and HTTP calls block) --------------
@@ -179,11 +189,14 @@ class StreamSink:
     async def _subscribe(self) -> Puller:
         """(Re)create the durable consumer to start right after the table's high-water mark.
 
-        The table, not the consumer, is the cursor: a killed sink leaves messages delivered
-        but unacked, which JetStream would only redeliver after ack_wait, and an AckAll ack
-        of a later message in the meantime would acknowledge them unseen. Recreating the
-        consumer at `max(seq) + 1` makes the next delivery exactly the first missing event.
+        The table, not the consumer, is the cursor (module docstring, 2 and 3): recreating
+        the consumer at the next sequence after what the sink holds makes the next delivery
+        exactly the first missing event, after a start, a reconnect or a lost delivery.
         """
+        self._leftover = []  # deliveries of the old consumer past a hole: delivered again
+        self._next_dseq = 1
+        self._reconnects = self.nc.stats["reconnects"]
+        self._broken = False
         with contextlib.suppress(jsapi.JetStreamApiError):
             await jsapi.call(self.nc, f"$JS.API.CONSUMER.DELETE.{self.stream}.{self.durable}", {})
         start: dict[str, object] = (
@@ -193,10 +206,7 @@ class StreamSink:
         )
         config = api.ConsumerConfig(
             durable_name=self.durable,
-            ack_policy=api.AckPolicy.ALL,
-            ack_wait=120,
-            max_deliver=-1,
-            max_ack_pending=max(4 * self.cfg.batch_rows, 10_000),
+            ack_policy=api.AckPolicy.NONE,
             max_waiting=16,
             **start,  # type: ignore[arg-type]
         )
@@ -205,9 +215,19 @@ class StreamSink:
             f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.durable}",
             {"stream_name": self.stream, "config": config.as_dict()},
         )
-        puller = Puller(self.nc, self.stream, self.durable)
+        puller = self._puller = Puller(self.nc, self.stream, self.durable)
         await puller.start()
         return puller
+
+    def received_seq(self) -> int:
+        """The highest sequence that reached this process: batched, or still waiting in
+        the puller's buffer or the leftover (read on demand, off the hot loop)."""
+        waiting = [m for m in (self._leftover, self._puller.buffered if self._puller else []) if m]
+        if not waiting:
+            return self.stats.delivered_seq
+        reply = waiting[-1][-1][1]
+        n = reply.count(b".") + 1
+        return max(self.stats.delivered_seq, int(reply.rsplit(b".", n - (5 if n == 9 else 7))[1]))
 
     async def _collect(self, psub: Puller) -> Batch:
         """Next batch: up to batch_rows messages, batch_ms after its first, one day only.
@@ -220,25 +240,31 @@ class StreamSink:
         limit = self.cfg.batch_rows
         span = self.cfg.batch_ms / 1000
         deadline: float | None = None
-        stale: tuple[bytes, int] | None = None
         msgs, self._leftover = self._leftover, []
         seen, day, polled = self._seen, -1, time.monotonic()
-        tail = self._tail
-        last_reply = b""
+        tail, dseq = self._tail, self._next_dseq
         while True:
             if msgs and not tail:
-                # the stream sequence is the 5th token from the end of the ack subject in
-                # both its forms ($JS.ACK.<stream>... and $JS.ACK.<domain>.<hash>.<stream>...)
+                # the stream and consumer sequences are the 5th and 4th tokens from the end
+                # of the reply subject in both its forms ($JS.ACK.<stream>... and
+                # $JS.ACK.<domain>.<hash>.<stream>...)
                 n = msgs[0][1].count(b".") + 1
                 tail = self._tail = n - (5 if n == 9 else 7)
             room = limit - len(seqs)
             if len(msgs) > room:  # a prefetched pull brought more than this batch takes
                 msgs, self._leftover = msgs[:room], msgs[room:]
             for k, (subj, reply, data) in enumerate(msgs):
-                seq = int(reply.rsplit(b".", tail)[1])
-                if seq <= seen:
-                    stale = (reply, seq)  # a redelivery of something held or committed
+                acked = reply.rsplit(b".", tail)
+                d = int(acked[2])
+                if d != dseq:  # a delivery went missing (module docstring, 3)
+                    log.warning("%s: delivery %d missing, consumer recreated", self.stream, dseq)
+                    self._broken = True
+                    self._leftover = []
+                    break
+                seq = int(acked[1])
+                if seq <= seen:  # a delivery of something held or committed
                     self.stats.redeliveries_dropped += 1
+                    dseq = d + 1
                     continue
                 # the event's timestamp without decoding the JSON (validated on error),
                 # searched from the end: the encoder writes it after the payload
@@ -257,7 +283,7 @@ class StreamSink:
                         self._leftover = msgs[k:] + self._leftover
                         break
                     day = ts // _DAY_NS
-                seen = seq
+                seen, dseq = seq, d + 1
                 # tm.<priority>.<domain>.<type>.<symbol>.<account>.<partition>; "_" = none
                 tokens = subj.split(b".")
                 line = b'%s%d,"domain":"%s",%s' % (head, seq, tokens[2], data[1:])
@@ -266,11 +292,12 @@ class StreamSink:
                     accounts.append(line)
                 seqs.append(seq)
                 raws.append(data)
-                last_reply = reply
-            self._seen = seen
-            if last_reply:
-                batch.last_reply = last_reply
-            if self._leftover or len(seqs) >= limit:
+            self._seen = self.stats.delivered_seq = seen
+            self._next_dseq = dseq
+            if self.nc.stats["reconnects"] != self._reconnects:
+                # pulls and deliveries in flight died with the old connection
+                self._broken = True
+            if self._broken or self._leftover or len(seqs) >= limit:
                 break
             if deadline is None and seqs:
                 deadline = polled + span  # the batch_ms include the poll that started it
@@ -284,13 +311,9 @@ class StreamSink:
             if not msgs and seqs:
                 break
         batch.day = day
-        if stale is not None and stale[1] <= self.stats.committed_seq:
-            # AckAll: move the ack floor past committed redeliveries we dropped (never past
-            # a batch still being inserted)
-            await psub.ack(stale[0])
         return batch
 
-    async def _commit(self, batch: Batch, psub: Puller) -> None:
+    async def _commit(self, batch: Batch) -> None:
         delay = 0.1
         while True:
             try:
@@ -307,7 +330,6 @@ class StreamSink:
                 self._drop_client()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-        await psub.ack(batch.last_reply)
         self.stats.rows += len(batch.lines)
         self.stats.batches += 1
         self.stats.committed_seq = batch.seqs[-1]
@@ -341,7 +363,7 @@ class StreamSink:
         while self._seen < 0:
             try:
                 self._seen = await asyncio.to_thread(self._recover)
-                self.stats.committed_seq = self._seen
+                self.stats.committed_seq = self.stats.delivered_seq = self._seen
             except Exception as e:
                 self._note_failure(e)
                 self._drop_client()
@@ -355,7 +377,11 @@ class StreamSink:
                     await pending  # strictly one insert at a time per stream, in order
                     pending = None
                 if batch.seqs:
-                    pending = asyncio.create_task(self._commit(batch, psub))
+                    pending = asyncio.create_task(self._commit(batch))
+                if self._broken:  # deliver again from the first event not held
+                    self.stats.resubscribes += 1
+                    await psub.close()
+                    psub = await self._subscribe()
         except asyncio.CancelledError:
             if pending is not None:  # shutting down: an insert already in ClickHouse's hands
                 pending.cancel()  # completes or not, atomically; the next start reads max(seq)
@@ -385,6 +411,11 @@ class Sink:
 
     def stats(self) -> list[StreamStats]:
         return [s.stats for s in self.sinks]
+
+    async def held(self) -> dict[str, int]:
+        """Per stream, events taken from JetStream and not yet in the table: the part of
+        the sink's lag that the consumers' own pending counts no longer show."""
+        return {s.stream: max(0, s.received_seq() - s.stats.committed_seq) for s in self.sinks}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -14,12 +14,13 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from mesh import jsapi
+from mesh import jsapi, lag
 from mesh.client import Mesh, connect_nats
 from mesh.events import Event
 from mesh.server import NatsServer, free_port
 from store import db
 from store.config import StoreConfig
+from store.service import serve_lag
 from store.sink import STREAMS, Sink
 from tests.helpers import eventually
 
@@ -184,14 +185,57 @@ async def test_unreachable_store_backlog_drains_afterwards(
             stats = sink.sinks[0].stats
             await eventually(lambda: stats.insert_failures >= 3, 30, "failed inserts")
             assert "refused" in stats.last_error.lower() or "connect" in stats.last_error.lower()
+            # the backlog is visible: what JetStream has not delivered (the consumer's
+            # pending count) plus what the sink took and could not insert (its lag report,
+            # which `mesh streams` gathers), together exactly what the table lacks
             durable = sink.sinks[0].durable
-            assert await consumer_backlog(fresh_server.url, "TM_HIGH", durable) > 0
+            lag_sub = await serve_lag(nc, sink, store_cfg)
+            try:
+                reports = [r for r in await lag.gather(nc) if r.source.startswith("store ")]
+            finally:
+                await lag_sub.unsubscribe()
+            assert len(reports) == 1
+            held = reports[0].lag["TM_HIGH"]
+            assert held > 0
+            last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
+            undelivered = await consumer_backlog(fresh_server.url, "TM_HIGH", durable)
+            assert undelivered + held == last - stats.committed_seq
             assert rows() == 300
             state["down"] = False
             await eventually(lambda: rows() == 2300, 30, "backlog drained")
-            last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
             await eventually(lambda: stats.committed_seq == last, 10, "all committed")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await nc.close()
+
+
+async def test_nats_restart_mid_drain_loses_no_event_and_duplicates_none(
+    fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
+) -> None:
+    """The consumer takes no acks, so deliveries lost with the connection are never sent
+    again by JetStream: the sink must notice the reconnect and ask again from the first
+    event it does not hold."""
+    async with Mesh.connect(fresh_server.url, service="t") as mesh:
+        await mesh.publish_many(
+            [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(6000)]
+        )
+    nc = await connect_nats(fresh_server.url)
+    sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_HIGH",))
+    stats = sink.sinks[0].stats
+    task = asyncio.create_task(sink.run())
+    try:
+        await eventually(lambda: stats.delivered_seq >= 1000, 30, "the drain under way")
+        fresh_server.kill()
+        fresh_server.start()
+        await fresh_server.wait_ready()
+        await eventually(lambda: stats.committed_seq == 6000, 60, "all 6,000 committed")
+        n, distinct, top = client.query(
+            f"SELECT count(), uniqExact(seq), max(seq) FROM {store_cfg.database}.events"
+        ).result_rows[0]
+        assert (n, distinct, top) == (6000, 6000, 6000)
+        assert stats.resubscribes >= 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await nc.close()

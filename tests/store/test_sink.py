@@ -11,6 +11,7 @@ from mesh.events import Event
 from mesh.server import NatsServer
 from store import db
 from store.config import StoreConfig
+from store.puller import Puller
 from store.sink import Sink
 from tests.helpers import eventually
 
@@ -78,6 +79,36 @@ async def test_crash_between_the_two_inserts_is_repaired_at_start(
             rows = account_rows(client, store_cfg)
             assert len(rows) == 30
             assert len(set(rows)) == 30
+    finally:
+        await nc.close()
+
+
+async def test_a_delivery_taken_by_someone_else_is_noticed_and_delivered_again(
+    fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
+) -> None:
+    """Without acks JetStream never redelivers, so a hole in the consumer sequence (here:
+    another client pulled from the sink's durable) must make the sink ask again."""
+    async with Mesh.connect(fresh_server.url, service="t") as mesh:
+        await mesh.publish_many([Event(event_type="MARGIN_CALL", account=tag) for _ in range(40)])
+    nc = await connect_nats(fresh_server.url)
+    try:
+        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_CRITICAL",))
+        one = sink.sinks[0]
+        one._seen = 0
+        puller = await one._subscribe()
+        thief = Puller(nc, "TM_CRITICAL", one.durable)
+        await thief.start()
+        stolen = await thief.fetch(10, 2.0)
+        await thief.close()
+        assert len(stolen) == 10
+        batch = await one._collect(puller)
+        await puller.close()
+        assert batch.seqs == []
+        assert one._broken
+        puller = await one._subscribe()  # what run() does next
+        batch = await one._collect(puller)
+        await puller.close()
+        assert batch.seqs == list(range(1, 41))
     finally:
         await nc.close()
 
