@@ -21,7 +21,7 @@ from gateway import protocol
 from gateway.auth import Verifier, token_from
 from gateway.config import GatewaySettings
 from gateway.fanout import Hub
-from gateway.gcwatch import WATCH
+from gateway.gcwatch import WATCH, BurstFreezer
 from gateway.limits import Buckets
 from gateway.metrics import Metrics
 from gateway.session import Session
@@ -51,6 +51,7 @@ class Gateway:
         self.metrics.instance = settings.instance
         self.metrics.gc = WATCH.install()
         self.hub.arrived = self.metrics.arrived
+        self.freezer = BurstFreezer(WATCH)
         self.metrics.queue_depth = self._queue_depth
         lim = settings.limits
         self.op_buckets = Buckets(lim.ops_per_s, lim.ops_burst)
@@ -126,6 +127,7 @@ class Gateway:
                     s.send_control(frame)
             for s in list(self.sessions):
                 s.tick(now, wall)
+            self.freezer.tick(now, len(self.sessions))
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         nc = self.mesh.nc
@@ -165,6 +167,7 @@ class Gateway:
             return
         session = Session(self, ws, principal, ip)
         self.sessions.add(session)
+        self.freezer.session_opened(time.monotonic())
         self.user_conns[principal.user] += 1
         self.metrics.connections = len(self.sessions)
         self.metrics.connections_total += 1
@@ -175,6 +178,7 @@ class Gateway:
             await session.run()
         finally:
             self.sessions.discard(session)
+            self.freezer.session_closed()
             self.user_conns[principal.user] -= 1
             if self.user_conns[principal.user] <= 0:
                 del self.user_conns[principal.user]

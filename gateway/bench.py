@@ -121,7 +121,8 @@ def _gc_in_window(port: int, procs: int, t0: float, t1: float) -> dict[str, Any]
     # "window": in the measured window; "run": full collections over the process's
     # whole life (startup and connection bursts included) as [count, longest ms].
     return {inst: {"window": _gc_pauses([r for r in b["recent"] if t0 <= r[0] <= t1]),
-                   "run_gen2": [b["summary"]["gen2"]["n"], b["summary"]["gen2"]["max_ms"]]}
+                   "run_gen2": [b["summary"]["gen2"]["n"], b["summary"]["gen2"]["max_ms"]],
+                   "freezes": b["summary"].get("freezes", 0)}
             for inst, b in sorted(seen.items())}
 
 

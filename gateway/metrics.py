@@ -123,6 +123,9 @@ class Metrics:
             out.append("# TYPE gateway_gc_pause_ms_total counter")
             for g, ms in enumerate(self.gc.total_ms):
                 line("gateway_gc_pause_ms_total", round(ms, 3), f'generation="{g}"')
+            out.append("# TYPE gateway_gc_freezes_total counter")
+            line("gateway_gc_freezes_total", self.gc.freezes)
+            line("gateway_gc_unfreezes_total", self.gc.unfreezes)
             out.append("# TYPE gateway_gc_pause_ms_max gauge")
             for g, ms in enumerate(self.gc.max_ms):
                 line("gateway_gc_pause_ms_max", round(ms, 3), f'generation="{g}"')
