@@ -169,7 +169,7 @@ class _KafkaReader:
 
 
 async def _latency(
-    url: str, bootstrap: str, rate: int, seconds: float, work: Path
+    url: str, bootstrap: str, rate: int, seconds: float, work: Path, tick: float = 0.01
 ) -> dict[str, Any]:
     run = uuid.uuid4().hex[:6].upper()
     k_in, k_out = f"lat-in-{run}", f"lat-out-{run}"
@@ -200,7 +200,8 @@ async def _latency(
                         k2n_h.record_value(max(1, (time.time_ns() - d.event.timestamp) // 1000))
 
             rx = asyncio.create_task(recv())
-            tick, per_tick = 0.01, max(1, int(rate * 0.01))
+            per_tick = max(1, round(rate * tick))
+            tick = per_tick / rate  # the rate exactly, whatever the rounding
             since[0] = time.time_ns() + int(WARMUP * 1e9)
             reader.tell(str(since[0]))
             t_end = time.monotonic() + seconds + WARMUP
@@ -257,7 +258,7 @@ async def main(args: argparse.Namespace) -> int:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bb-")))
         k2n, n2k = await _throughput(url, bootstrap, args.events, work)
         print(f"throughput: kafka->nats {k2n:,.0f}/s, nats->kafka {n2k:,.0f}/s", flush=True)
-        lat = await _latency(url, bootstrap, args.rate, args.seconds, work)
+        lat = await _latency(url, bootstrap, args.rate, args.seconds, work, args.tick_ms / 1000)
         print(f"latency at {args.rate}/s each way: {json.dumps(lat)}", flush=True)
     print(
         json.dumps(
@@ -270,6 +271,7 @@ async def main(args: argparse.Namespace) -> int:
                 },
                 "events": args.events,
                 "latency_rate_per_s": args.rate,
+                "latency_tick_ms": args.tick_ms,
             }
         )
     )

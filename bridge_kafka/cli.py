@@ -111,6 +111,12 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     bb.add_argument("--events", type=int, default=200_000, help="events per direction")
     bb.add_argument("--rate", type=int, default=2000, help="events/s each way in the latency phase")
     bb.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
+    bb.add_argument(
+        "--tick-ms",
+        type=float,
+        default=10.0,
+        help="latency phase: the load is sent every tick, rate x tick events at once",
+    )
     bb.add_argument("--kafka", help="use this Kafka instead of starting one")
     bb.add_argument("--nats", help="use this NATS instead of starting one")
     bb.set_defaults(fn=cmd_bench)
