@@ -223,7 +223,8 @@ max_connections_per_user = 10
             clients.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.bench_client", "--url",
                 f"ws://127.0.0.1:{port}/ws", "--secret", SECRET, "--first", str(first),
-                "--count", str(n), "--inflight", str(args.inflight), stdin=asyncio.subprocess.PIPE,
+                "--count", str(n), "--inflight", str(args.inflight),
+                "--sched", getattr(args, "client_sched", "other"), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=env,
                 limit=16 * 1024 * 1024))
             first += n
@@ -306,6 +307,7 @@ max_connections_per_user = 10
         "gateway_procs": n_gw,
         "flush_ms": args.flush_ms,
         "client_procs": len(per),
+        "client_sched": getattr(args, "client_sched", "other"),
         "rate": args.rate,
         "seconds": args.seconds,
         "delivered_per_s": round(delivered / args.seconds),

@@ -94,6 +94,9 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
                    "one per core")
     b.add_argument("--flush-ms", type=float, default=defaults.flush_ms,
                    help="gateway flush_ms")
+    b.add_argument("--client-sched", choices=["other", "batch"], default="other",
+                   help="Linux scheduling policy of the client processes (batch: no "
+                        "wake-up preemption of the gateway; docs/gateway.md)")
     b.add_argument("--inflight", type=int, default=100,
                    help="handshakes in flight per client process")
     b.set_defaults(fn=cmd_bench)
