@@ -77,14 +77,34 @@ class Outbound:
             batch = await sub.take(1024)
             self.d.received += len(batch)
             loops = []
+            deliver_now = self._deliver_now
             for d in batch:
                 if mapping.nats_came_from_kafka(d):
                     loops.append(d)  # it came from Kafka: never sent back there
-                else:
+                elif not deliver_now(d, rule):
                     await self._deliver(d, rule)
             if loops:
                 self.d.skipped_loop += len(loops)
                 await ack_all(loops)
+
+    def _deliver_now(self, d: Passed, rule: OutboundRule) -> bool:
+        """The common case without a coroutine per event: True when done; False when it
+        needs waiting (dead letter, a full producer queue), which `_deliver` does."""
+        eid = d.fields.event_id
+        pending = self._inflight.get(eid)
+        if pending is not None:
+            pending.delivery = d  # ack the newest delivery once Kafka confirms
+            return True
+        key, value, headers = mapping.nats_to_kafka(rule, d)
+        if len(value) > self.cfg.max_record_bytes:
+            return False
+        p = _Pending(eid, d, rule)
+        try:
+            self.producer.produce(rule.topic, key, value, headers, p)
+        except BufferError:
+            return False
+        self._inflight[eid] = p
+        return True
 
     async def _deliver(self, d: Passed, rule: OutboundRule) -> None:
         eid = d.fields.event_id

@@ -13,6 +13,7 @@ from mesh.client import Mesh
 from mesh.events import Event, decode, encode
 from mesh.server import NatsServer
 from mesh.subscriber import Start
+from tests.bridge_kafka.conftest import bridge_config
 from tests.bridge_kafka.kafka_helpers import produce, produce_events, read_topic
 from tests.helpers import eventually, mesh_command, settled
 
@@ -153,3 +154,30 @@ async def test_every_kafka_confirmation_acks_its_jetstream_event(
     await eventually(lambda: m.delivered == 20_000, 60, "20,000 delivery reports")
     assert await jetstream_backlog(bridge) == 0
     assert m.received == 20_000  # none redelivered for want of an ack
+
+
+async def test_nats_event_too_large_for_kafka_goes_to_the_dlq_subject_as_stored(
+    nats_server: NatsServer, kafka: KafkaBroker, topics: dict[str, str], tag: str
+) -> None:
+    cfg = bridge_config(kafka, topics, tag, max_record_bytes=2000)
+    async with (
+        Mesh.connect(nats_server.url, service="bridge") as bmesh,
+        Mesh.connect(nats_server.url, service="tests") as mesh,
+    ):
+        dlq = await mesh.nc.subscribe(f"{cfg.dlq_subject}.{cfg.name}")
+        async with Bridge(cfg, bmesh) as bridge:
+            events = [
+                Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": 0}),
+                Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": 1, "x": "y" * 3000}),
+                Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": 2}),
+            ]
+            await mesh.publish_many(events)
+            records = await read_topic(kafka.bootstrap, topics["out"], 2)
+            assert [decode(r.value()).payload["i"] for r in records] == [0, 2]
+            msg = await dlq.next_msg(timeout=20)
+            assert msg.headers is not None
+            assert msg.headers["Tm-Dlq-Reason"] == "too large"
+            assert decode(msg.data).event_id == events[1].event_id
+            m = bridge.metrics.nats_to_kafka
+            await eventually(lambda: m.dlq == 1 and m.delivered == 2, 20, "1 dead letter + 2")
+            assert await jetstream_backlog(bridge) == 0  # the dead letter is acked too
