@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.aio.client as _nats_client
 from nats.aio.client import Client
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
@@ -216,6 +217,16 @@ class FastParser(Parser):
             await super().parse(b"")
 
 
+# nats-py reads the socket in 32 KiB pieces (its module-wide DEFAULT_BUFFER_SIZE, which
+# is also the StreamReader's limit): ~70 mesh events per read, each read a wakeup, a
+# buffer copy of the partial message it ends with, and a parse call. 1 MiB pieces took
+# ~0.6 us per event off the store sink's main thread (docs/store.md, Figures). A read
+# returns what is there, so small messages are not delayed; memory is only what arrived.
+READ_SIZE = 1 << 20
+
+
 def install_fast_parser(nc: Client) -> None:
-    """Before connect: nats-py keeps the parser object for the life of the client."""
+    """Before connect: nats-py keeps the parser object for the life of the client, and
+    sizes its reads when it connects."""
     nc._ps = FastParser(nc)
+    _nats_client.DEFAULT_BUFFER_SIZE = max(_nats_client.DEFAULT_BUFFER_SIZE, READ_SIZE)
