@@ -64,7 +64,6 @@ class Gateway:
         self._empty = asyncio.Event()
         self.flush_set: set[Session] = set()
         self.flush_wanted = asyncio.Event()
-        self.window_opened = 0.0  # time.monotonic() of the first event of the window
         self._flusher: asyncio.Task[None] | None = None
 
     def _queue_depth(self) -> dict[str, int]:
@@ -94,13 +93,11 @@ class Gateway:
         loop = asyncio.get_running_loop()
         wanted = self.flush_wanted
         while True:
-            # A window opens with the first event queued after a pass started and is
-            # flushed flush_ms later: an event waits at most one window (plus its place
-            # in the pass), and no tick runs while nothing is queued. A window opened
-            # during a long pass is flushed as soon as that pass ends if it is due.
+            # A window opens with the first event queued after a pass and is flushed
+            # flush_ms later: an event waits at most one window (plus its place in the
+            # pass), and no tick runs while nothing is queued.
             await wanted.wait()
-            delay = self.window_opened + interval - time.monotonic()
-            await asyncio.sleep(delay if delay > 0 else 0)
+            await asyncio.sleep(interval)
             wanted.clear()
             if self.flush_set:
                 t, cpu = loop.time(), time.thread_time()

@@ -227,8 +227,7 @@ class Session:
             # session sends one batch frame per tick instead of a frame per event.
             self._dirty = True
             if not self._flush:
-                self.gw.window_opened = time.monotonic()  # the first in a window
-                self.gw.flush_wanted.set()
+                self.gw.flush_wanted.set()  # the first in a window: the flusher starts it
             self._flush.add(self)
 
     def _drop_oldest_market(self, rank: int) -> None:
