@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -273,6 +274,7 @@ max_connections_per_user = 10
             with contextlib.suppress(subprocess.TimeoutExpired):
                 g.wait(30)
         nats.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the store and config of this run
     hist: dict[str, HdrHistogram] = {}
     delivered = conflated = dropped = 0
     closed: dict[str, int] = {}
