@@ -214,7 +214,10 @@ class KafkaBroker(ChildProcess):
                 return str(e)
 
         await self.wait_until_ready(
-            named_in_metadata, what="Kafka", timeout=timeout, interval=0.2,
+            named_in_metadata,
+            what="Kafka",
+            timeout=timeout,
+            interval=0.2,
             error=KafkaBrokerError,
         )
 

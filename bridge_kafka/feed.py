@@ -6,8 +6,9 @@ the stored bytes) nor one-at-a-time hand-out. In the profile of this direction a
 events/s, that decode, the lanes and the per-delivery objects were ~20 % of the bridge's
 one busy thread. This subclass keeps everything else of the subscription (the durable
 consumers, one per priority stream, flow control, heartbeats, closing) and replaces the
-message handler: it reads only the fields a record needs (`_Fields`, the rest of the
-JSON is skipped by the decoder, not built) and queues raw deliveries per priority.
+message handler (`Subscription.handler`, the core's extension point): it reads only the
+fields a record needs (`_Fields`, the rest of the JSON is skipped by the decoder, not
+built) and queues raw deliveries per priority.
 The whole `Event` is decoded only when one is needed (the dead-letter path).
 """
 
@@ -27,13 +28,9 @@ from mesh import events as ev
 from mesh import tracing, wire
 from mesh.catalog import Priority
 from mesh.events import Event
-from mesh.subscriber import Subscription, ack_info
+from mesh.subscriber import ACK_FRAME, TERM_FRAME, Subscription, ack_info, answer_control
 
 log = logging.getLogger("bridge_kafka")
-
-_FLOW_CONTROL = b"NATS/1.0 100 FlowControl"
-_ACK = b"PUB %s 4\r\n+ACK\r\n"
-_TERM = b"PUB %s 5\r\n+TERM\r\n"
 
 
 class _Fields(msgspec.Struct):
@@ -116,7 +113,7 @@ class Passed:
         if self._span is not None:
             self._span.end()
             self._span = None
-        return _ACK % self._reply if self._reply else b""
+        return ACK_FRAME % self._reply if self._reply else b""
 
     async def ack(self) -> None:
         if self._reply:
@@ -147,7 +144,7 @@ class PassThrough(Subscription):
         self.malformed = 0
         return await super().start()
 
-    def _handler(self, priority: Priority, stream: str) -> wire.RawHandler:
+    def handler(self, priority: Priority, stream: str) -> wire.RawHandler:
         nc = self._mesh.nc
         queue = self._queues[priority.rank]
         decode = _decode_fields
@@ -157,9 +154,7 @@ class PassThrough(Subscription):
             subject: bytes, reply: bytes, data: bytes, headers: bytes | None
         ) -> Awaitable[None] | None:
             if not data:
-                if headers is not None and headers.startswith(_FLOW_CONTROL) and reply:
-                    return wire.send(nc, b"PUB %s 0\r\n\r\n" % reply)
-                return None  # idle heartbeat
+                return answer_control(nc, reply, headers)
             try:
                 fields = decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -167,7 +162,7 @@ class PassThrough(Subscription):
                 # never delivered again (it cannot become one).
                 self.malformed += 1
                 log.error("dropping malformed message on %s: %s", subject.decode(), e)
-                return wire.send(nc, _TERM % reply) if reply else None
+                return wire.send(nc, TERM_FRAME % reply) if reply else None
             queue.append(Passed(nc, subject, reply, headers, data, fields, stream))
             self._waiting += 1
             ready.set()

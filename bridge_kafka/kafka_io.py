@@ -112,6 +112,7 @@ class ProducerThread:
         opaque: Any,
     ) -> None:
         """Non-blocking; raises BufferError when librdkafka's queue is full."""
+
         def report(err: KafkaError | None, _msg: Message) -> None:
             self._reports.append((opaque, err))  # the list of this poll, not of the produce
 

@@ -130,7 +130,10 @@ class NatsServer(ChildProcess):
             return data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
 
         await self.wait_until_ready(
-            healthy, what=f"nats-server {self.name}", timeout=timeout, interval=0.05,
+            healthy,
+            what=f"nats-server {self.name}",
+            timeout=timeout,
+            interval=0.05,
             error=ServerStartError,
         )
 

@@ -39,7 +39,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.subscriber")
 NS = 1_000_000_000
 _FLOW_CONTROL = b"NATS/1.0 100 FlowControl"
-_ACK = b"PUB %s 4\r\n+ACK\r\n"  # an ack as written to the wire, % the reply subject
+# Replies to a delivery as written to the wire, % its reply subject.
+ACK_FRAME = b"PUB %s 4\r\n+ACK\r\n"
+TERM_FRAME = b"PUB %s 5\r\n+TERM\r\n"
+
+
+def answer_control(nc: Client, reply: bytes, headers: bytes | None) -> Awaitable[None] | None:
+    """For a delivery without data, which is JetStream talking to the consumer: answer a
+    flow-control request (or the server stops sending), ignore an idle heartbeat."""
+    if headers is not None and headers.startswith(_FLOW_CONTROL) and reply:
+        return wire.send(nc, b"PUB %s 0\r\n\r\n" % reply)
+    return None
 
 
 class Interest(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,7 +189,7 @@ class Delivery:
     def ack_frame(self) -> bytes:
         """The ack as protocol bytes, for `ack_many`; ends the delivery's span."""
         self._end_span()
-        return _ACK % self._reply if self._reply else b""
+        return ACK_FRAME % self._reply if self._reply else b""
 
     async def ack_sync(self, timeout: float = 5.0) -> None:
         """Ack and wait until the server confirmed it: for work that must not repeat."""
@@ -314,7 +324,7 @@ class Subscription(AsyncResource):
             name = f"{self.opts.durable}-{priority.value}" if self.opts.durable else None
             deliver = await self._ensure_consumer(stream, name, filters)
             route = await wire.route(nc, deliver)
-            route.set_handler(self._handler(priority, stream))
+            route.set_handler(self.handler(priority, stream))
             self._routes.append(route)
         return self
 
@@ -376,7 +386,12 @@ class Subscription(AsyncResource):
         self._consumers.append((stream, name, True))
         return deliver
 
-    def _handler(self, priority: Priority, stream: str) -> wire.RawHandler:
+    def handler(self, priority: Priority, stream: str) -> wire.RawHandler:
+        """What each message of `stream`'s consumer goes through: decoded, filtered,
+        projected and put in its priority lane. The extension point for a part that
+        consumes deliveries its own way (the Kafka bridge passes them through as bytes,
+        `bridge_kafka/feed.py`); an override must answer `answer_control` messages and
+        ack or term what it drops."""
         nc = self._mesh.nc
         put = self._lanes.put
         match = self._match
@@ -389,9 +404,7 @@ class Subscription(AsyncResource):
             subject: bytes, reply: bytes, data: bytes, headers: bytes | None
         ) -> Awaitable[None] | None:
             if not data:
-                if headers is not None and headers.startswith(_FLOW_CONTROL) and reply:
-                    return wire.send(nc, b"PUB %s 0\r\n\r\n" % reply)
-                return None  # idle heartbeat
+                return answer_control(nc, reply, headers)
             try:
                 event = decode(data)
                 if transforms:
@@ -399,10 +412,10 @@ class Subscription(AsyncResource):
             except MalformedEvent as e:
                 stats.malformed += 1
                 log.error("dropping malformed message on %s: %s", subject.decode(), e)
-                return wire.send(nc, b"PUB %s 5\r\n+TERM\r\n" % reply) if reply else None
+                return wire.send(nc, TERM_FRAME % reply) if reply else None
             if match is not None and not match(event, _LazyHeaders(headers)):
                 stats.filtered_out += 1
-                return wire.send(nc, _ACK % reply) if reply else None
+                return wire.send(nc, ACK_FRAME % reply) if reply else None
             if project is not None:
                 event = project.apply(event)
             seq = ack_info(reply)[0] if reply else 0
