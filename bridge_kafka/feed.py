@@ -28,7 +28,7 @@ from mesh import events as ev
 from mesh import tracing, wire
 from mesh.catalog import Priority
 from mesh.events import Event
-from mesh.subscriber import ACK_FRAME, TERM_FRAME, Subscription, ack_info, answer_control
+from mesh.subscriber import ACK_FRAME, Subscription, ack_info, answer_control, term_malformed
 
 log = logging.getLogger("bridge_kafka")
 
@@ -158,11 +158,8 @@ class PassThrough(Subscription):
             try:
                 fields = decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                # As the mesh subscriber does: a stored message that is not an event is
-                # never delivered again (it cannot become one).
                 self.malformed += 1
-                log.error("dropping malformed message on %s: %s", subject.decode(), e)
-                return wire.send(nc, TERM_FRAME % reply) if reply else None
+                return term_malformed(nc, subject, reply, e)
             queue.append(Passed(nc, subject, reply, headers, data, fields, stream))
             self._waiting += 1
             ready.set()

@@ -52,6 +52,15 @@ def answer_control(nc: Client, reply: bytes, headers: bytes | None) -> Awaitable
     return None
 
 
+def term_malformed(
+    nc: Client, subject: bytes, reply: bytes, err: Exception
+) -> Awaitable[None] | None:
+    """A stored message that is not an event: logged and never delivered again (it cannot
+    become one)."""
+    log.error("dropping malformed message on %s: %s", subject.decode(), err)
+    return wire.send(nc, TERM_FRAME % reply) if reply else None
+
+
 class Interest(msgspec.Struct, frozen=True, kw_only=True):
     """A subject filter by fields; unset fields match anything."""
 
@@ -411,8 +420,7 @@ class Subscription(AsyncResource):
                     event = transforms.upcast(event)
             except MalformedEvent as e:
                 stats.malformed += 1
-                log.error("dropping malformed message on %s: %s", subject.decode(), e)
-                return wire.send(nc, TERM_FRAME % reply) if reply else None
+                return term_malformed(nc, subject, reply, e)
             if match is not None and not match(event, _LazyHeaders(headers)):
                 stats.filtered_out += 1
                 return wire.send(nc, ACK_FRAME % reply) if reply else None

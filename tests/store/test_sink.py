@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from clickhouse_connect.driver.client import Client
+from nats.aio.client import Client as Nats
 
 from mesh.client import Mesh, connect_nats
 from mesh.events import Event
@@ -12,7 +13,7 @@ from mesh.server import NatsServer
 from store import db
 from store.config import StoreConfig
 from store.puller import Puller
-from store.sink import Sink
+from store.sink import Sink, StreamSink
 from tests.helpers import eventually
 
 
@@ -51,6 +52,15 @@ async def test_events_of_all_streams_land_once(
     assert sorted(by_account) == sorted((e.event_id, tag) for e in events if e.account)
 
 
+async def critical_sink_from_start(nc: Nats, cfg: StoreConfig) -> tuple[StreamSink, Puller]:
+    """TM_CRITICAL's sink, its consumer made to deliver from the first event, not started:
+    the test drives `_collect` and `_insert` itself."""
+    sink = Sink(nc, lambda: db.connect(cfg.target), cfg, streams=("TM_CRITICAL",))
+    one = sink.sinks[0]
+    one._seen = 0
+    return one, await one._subscribe()
+
+
 async def test_crash_between_the_two_inserts_is_repaired_at_start(
     fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
 ) -> None:
@@ -63,10 +73,7 @@ async def test_crash_between_the_two_inserts_is_repaired_at_start(
         )
     nc = await connect_nats(fresh_server.url)
     try:
-        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_CRITICAL",))
-        one = sink.sinks[0]
-        one._seen = 0
-        puller = await one._subscribe()
+        one, puller = await critical_sink_from_start(nc, store_cfg)
         batch = await one._collect(puller)
         await puller.close()
         assert len(batch.seqs) == 35
@@ -92,10 +99,7 @@ async def test_a_delivery_taken_by_someone_else_is_noticed_and_delivered_again(
         await mesh.publish_many([Event(event_type="MARGIN_CALL", account=tag) for _ in range(40)])
     nc = await connect_nats(fresh_server.url)
     try:
-        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_CRITICAL",))
-        one = sink.sinks[0]
-        one._seen = 0
-        puller = await one._subscribe()
+        one, puller = await critical_sink_from_start(nc, store_cfg)
         thief = Puller(nc, "TM_CRITICAL", one.durable)
         await thief.start()
         stolen = await thief.fetch(10, 2.0)
