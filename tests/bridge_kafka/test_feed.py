@@ -4,11 +4,12 @@ without starving the others."""
 
 from __future__ import annotations
 
-from bridge_kafka.feed import PassThrough
+from bridge_kafka.feed import PassThrough, ack_all
+from mesh import jsapi
 from mesh.client import Mesh
 from mesh.events import Event, decode
 from mesh.subscriber import Start, SubscriptionOptions
-from tests.helpers import eventually
+from tests.helpers import eventually, settled
 
 
 async def test_critical_first_every_priority_gets_a_share_bytes_as_stored(
@@ -42,5 +43,31 @@ async def test_critical_first_every_priority_gets_a_share_bytes_as_stored(
         assert got[0].fields.symbol is None
         assert first[0].stream == "TM_CRITICAL"
         assert first[0].seq > 0
+    finally:
+        await sub.close()
+
+
+async def test_a_stored_message_that_is_not_an_event_is_termed_and_the_feed_flows_on(
+    mesh: Mesh, tag: str
+) -> None:
+    """It is never handed to Kafka and never delivered again (TERM, not left unacked)."""
+    sub = PassThrough(mesh, [f"tm.high.*.*.{tag}.>"], SubscriptionOptions(start=Start.new()))
+    await sub.start()
+    try:
+        # not an event at all, published straight into the stream past the mesh API
+        await mesh.nc.request(f"tm.high.market.PRICE_UPDATE.{tag}._", b"{not json", timeout=5)
+        good = Event(event_type="PRICE_UPDATE", symbol=tag, payload={"price": 1})
+        await mesh.publish(good)
+        got = await sub.take(10)
+        assert [p.fields.event_id for p in got] == [good.event_id]
+        assert sub.malformed == 1
+        await ack_all(got)
+        ((stream, name, _),) = sub._consumers
+        info = await settled(
+            lambda: jsapi.call(mesh.nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}"),
+            lambda i: i["num_ack_pending"] == 0,
+        )
+        assert info["num_ack_pending"] == 0  # the bad one was termed, the good one acked
+        assert info["num_redelivered"] == 0
     finally:
         await sub.close()
