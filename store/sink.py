@@ -110,6 +110,14 @@ def _timestamp(data: bytes) -> int:
         return 0
 
 
+def _tail_of(reply: bytes) -> int:
+    """The `rsplit` count after which the stream and consumer sequences are items 1 and 2:
+    they are the 5th and 4th tokens from the end of the reply subject in both its forms
+    ($JS.ACK.<stream>... and $JS.ACK.<domain>.<hash>.<stream>...)."""
+    n = reply.count(b".") + 1
+    return n - (5 if n == 9 else 7)
+
+
 class StreamSink:
     """Moves one stream into the table."""
 
@@ -226,8 +234,7 @@ class StreamSink:
         if not waiting:
             return self.stats.delivered_seq
         reply = waiting[-1][-1][1]
-        n = reply.count(b".") + 1
-        return max(self.stats.delivered_seq, int(reply.rsplit(b".", n - (5 if n == 9 else 7))[1]))
+        return max(self.stats.delivered_seq, int(reply.rsplit(b".", _tail_of(reply))[1]))
 
     async def _collect(self, psub: Puller) -> Batch:
         """Next batch: up to batch_rows messages, batch_ms after its first, one day only.
@@ -245,11 +252,7 @@ class StreamSink:
         tail, dseq = self._tail, self._next_dseq
         while True:
             if msgs and not tail:
-                # the stream and consumer sequences are the 5th and 4th tokens from the end
-                # of the reply subject in both its forms ($JS.ACK.<stream>... and
-                # $JS.ACK.<domain>.<hash>.<stream>...)
-                n = msgs[0][1].count(b".") + 1
-                tail = self._tail = n - (5 if n == 9 else 7)
+                tail = self._tail = _tail_of(msgs[0][1])
             room = limit - len(seqs)
             if len(msgs) > room:  # a prefetched pull brought more than this batch takes
                 msgs, self._leftover = msgs[:room], msgs[room:]
