@@ -29,7 +29,7 @@ def connector(cfg: StoreConfig) -> functools.partial[Client]:
 
 def prometheus(sink: Sink) -> str:
     lines = []
-    held = {one.stream: one.received_seq() - one.stats.committed_seq for one in sink.sinks}
+    held = sink.held()
     for s in sink.stats():
         lbl = f'{{stream="{s.stream}"}}'
         lines += [
@@ -37,7 +37,7 @@ def prometheus(sink: Sink) -> str:
             f"mesh_store_batches_total{lbl} {s.batches}",
             f"mesh_store_committed_seq{lbl} {s.committed_seq}",
             f"mesh_store_delivered_seq{lbl} {s.delivered_seq}",
-            f"mesh_store_held_events{lbl} {max(0, held[s.stream])}",
+            f"mesh_store_held_events{lbl} {held[s.stream]}",
             f"mesh_store_resubscribes_total{lbl} {s.resubscribes}",
             f"mesh_store_insert_failures_total{lbl} {s.insert_failures}",
             f"mesh_store_malformed_dropped_total{lbl} {s.malformed_dropped}",
@@ -89,7 +89,11 @@ async def run(
 async def serve_lag(nc: Nats, sink: Sink, cfg: StoreConfig) -> Any:
     """Answer `mesh streams` with what the sink holds but has not inserted: its consumers
     take no acks (sink.py, 2), so JetStream's pending counts stop at delivery."""
-    return await lag.serve(nc, f"store {cfg.target} (taken, not yet in the table)", sink.held)
+
+    async def report() -> dict[str, int]:
+        return sink.held()
+
+    return await lag.serve(nc, f"store {cfg.target} (taken, not yet in the table)", report)
 
 
 def config_from(overrides: dict[str, Any], base: StoreConfig | None = None) -> StoreConfig:

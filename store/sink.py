@@ -415,7 +415,7 @@ class Sink:
     def stats(self) -> list[StreamStats]:
         return [s.stats for s in self.sinks]
 
-    async def held(self) -> dict[str, int]:
+    def held(self) -> dict[str, int]:
         """Per stream, events taken from JetStream and not yet in the table: the part of
         the sink's lag that the consumers' own pending counts no longer show."""
         return {s.stream: max(0, s.received_seq() - s.stats.committed_seq) for s in self.sinks}

@@ -20,7 +20,7 @@ from mesh.events import Event
 from mesh.server import NatsServer, free_port
 from store import db
 from store.config import StoreConfig
-from store.service import serve_lag
+from store.service import prometheus, serve_lag
 from store.sink import STREAMS, Sink
 from tests.helpers import eventually
 
@@ -200,6 +200,11 @@ async def test_unreachable_store_backlog_drains_afterwards(
             last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
             undelivered = await consumer_backlog(fresh_server.url, "TM_HIGH", durable)
             assert undelivered + held == last - stats.committed_seq
+            # and in the endpoint's Prometheus text
+            metrics = prometheus(sink)
+            assert f'mesh_store_held_events{{stream="TM_HIGH"}} {held}\n' in metrics
+            committed = stats.committed_seq
+            assert f'mesh_store_committed_seq{{stream="TM_HIGH"}} {committed}\n' in metrics
             assert rows() == 300
             state["down"] = False
             await eventually(lambda: rows() == 2300, 30, "backlog drained")
