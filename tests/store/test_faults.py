@@ -22,7 +22,7 @@ from store import db
 from store.config import StoreConfig
 from store.service import prometheus, serve_lag
 from store.sink import STREAMS, Sink
-from tests.helpers import eventually
+from tests.helpers import eventually, settled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,17 +189,24 @@ async def test_unreachable_store_backlog_drains_afterwards(
             # pending count) plus what the sink took and could not insert (its lag report,
             # which `mesh streams` gathers), together exactly what the table lacks
             durable = sink.sinks[0].durable
+            last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
+
+            async def backlog() -> tuple[int, int]:  # (held by the store, undelivered)
+                reports = [r for r in await lag.gather(nc) if r.source.startswith("store ")]
+                assert len(reports) == 1
+                undelivered = await consumer_backlog(fresh_server.url, "TM_HIGH", durable)
+                return reports[0].lag["TM_HIGH"], undelivered
+
             lag_sub = await serve_lag(nc, sink, store_cfg)
             try:
-                reports = [r for r in await lag.gather(nc) if r.source.startswith("store ")]
+                # the sink's prefetched pull may still be arriving: read until both agree
+                held, undelivered = await settled(
+                    backlog, lambda b: sum(b) == last - stats.committed_seq
+                )
             finally:
                 await lag_sub.unsubscribe()
-            assert len(reports) == 1
-            held = reports[0].lag["TM_HIGH"]
             assert held > 0
-            last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
-            undelivered = await consumer_backlog(fresh_server.url, "TM_HIGH", durable)
-            assert undelivered + held == last - stats.committed_seq
+            assert held + undelivered == last - stats.committed_seq
             # and in the endpoint's Prometheus text
             metrics = prometheus(sink)
             assert f'mesh_store_held_events{{stream="TM_HIGH"}} {held}\n' in metrics
@@ -234,12 +241,12 @@ async def test_nats_restart_mid_drain_loses_no_event_and_duplicates_none(
         fresh_server.kill()
         fresh_server.start()
         await fresh_server.wait_ready()
+        await eventually(lambda: stats.resubscribes >= 1, 30, "the consumer recreated")
         await eventually(lambda: stats.committed_seq == 6000, 60, "all 6,000 committed")
         n, distinct, top = client.query(
             f"SELECT count(), uniqExact(seq), max(seq) FROM {store_cfg.database}.events"
         ).result_rows[0]
         assert (n, distinct, top) == (6000, 6000, 6000)
-        assert stats.resubscribes >= 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
