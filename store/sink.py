@@ -230,11 +230,12 @@ class StreamSink:
     def received_seq(self) -> int:
         """The highest sequence that reached this process: batched, or still waiting in
         the puller's buffer or the leftover (read on demand, off the hot loop)."""
-        waiting = [m for m in (self._leftover, self._puller.buffered if self._puller else []) if m]
-        if not waiting:
-            return self.stats.delivered_seq
-        reply = waiting[-1][-1][1]
-        return max(self.stats.delivered_seq, int(reply.rsplit(b".", _tail_of(reply))[1]))
+        # newest first: the puller's buffer arrived after the leftover
+        for msgs in (self._puller.buffered if self._puller else [], self._leftover):
+            if msgs:
+                reply = msgs[-1][1]
+                return max(self.stats.delivered_seq, int(reply.rsplit(b".", _tail_of(reply))[1]))
+        return self.stats.delivered_seq
 
     async def _collect(self, psub: Puller) -> Batch:
         """Next batch: up to batch_rows messages, batch_ms after its first, one day only.
