@@ -59,6 +59,7 @@ _DATA_ERRORS = {6, 26, 27, 38, 41, 53, 69, 72, 117, 131, 318, 321, 376, 377, 441
 _DAY_NS = 86_400 * 1_000_000_000
 _TS_KEY = b'"timestamp":'
 _TS_END = (b",", b"}")
+_SHAPES_MAX = 100_000  # subjects remembered by the sink; a few MB, then forgotten at once
 _INSERT_SETTINGS = {
     "input_format_skip_unknown_fields": 1,
     "input_format_json_read_objects_as_strings": 1,
@@ -110,6 +111,40 @@ def _timestamp(data: bytes) -> int:
         return 0
 
 
+def _day_bounds(day: int) -> tuple[bytes, bytes]:
+    """The day's first and next day's first timestamp as 19-digit text: for timestamps of
+    19 digits (2001 to 2286) the text compares like the number, so the hot loop checks an
+    event's day without converting its timestamp."""
+    return b"%019d" % (day * _DAY_NS), b"%019d" % ((day + 1) * _DAY_NS)
+
+
+class _Account(msgspec.Struct):
+    account: str | None = None
+
+
+_account_of = msgspec.json.Decoder(_Account).decode
+
+
+def _shape(subject: bytes) -> tuple[bytes, bool] | None:
+    """What the line of an event on this subject needs from it: the `"domain"` field to
+    splice in, and whether the event goes to the account table too. None when the subject
+    is not one the mesh publishes (`tm.<priority>.<domain>.<type>.<symbol>.<account>[.<n>]`)
+    and so tells neither: then the domain is left empty and the account read from the event."""
+    tokens = subject.split(b".")
+    if len(tokens) in (6, 7) and tokens[0] == b"tm":
+        return b',"domain":"%s",' % tokens[2], tokens[5] != b"_"
+    return None
+
+
+def _odd_shape(data: bytes) -> tuple[bytes, bool]:
+    """`_shape` for an event on a subject that tells neither domain nor account."""
+    try:
+        account = _account_of(data).account
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        account = None  # not an event: dropped at insert
+    return b',"domain":"",', bool(account)
+
+
 def _tail_of(reply: bytes) -> int:
     """The `rsplit` count after which the stream and consumer sequences are items 1 and 2:
     they are the 5th and 4th tokens from the end of the reply subject in both its forms
@@ -137,6 +172,7 @@ class StreamSink:
         self._reconnects = 0  # the connection's reconnect count when the consumer was made
         self._broken = False  # a delivery was lost: recreate the consumer after this batch
         self._puller: Puller | None = None
+        self._shapes: dict[bytes, tuple[bytes, bool]] = {}  # subject -> _shape(subject)
         self.durable = f"{cfg.durable_prefix}-{stream}"
 
     # -- ClickHouse side (runs in a worker thread: chDB and HTTP calls block) --------------
@@ -250,6 +286,8 @@ class StreamSink:
         deadline: float | None = None
         msgs, self._leftover = self._leftover, []
         seen, day, polled = self._seen, -1, time.monotonic()
+        lo = hi = b""  # the batch's day as timestamp text (_day_bounds), once it has one
+        shapes = self._shapes
         tail, dseq = self._tail, self._next_dseq
         while True:
             if msgs and not tail:
@@ -270,29 +308,32 @@ class StreamSink:
                     self.stats.redeliveries_dropped += 1
                     dseq = d + 1
                     continue
-                # the event's timestamp without decoding the JSON (validated on error),
-                # searched from the end: the encoder writes it after the payload
+                # the event's day without decoding the JSON (validated on error): its
+                # timestamp, searched from the end (the encoder writes it after the
+                # payload), compared as text with the batch's day
                 i = data.rfind(_TS_KEY) + len(_TS_KEY)
-                j = i + 19  # ns since 1970 has 19 digits from 2001 to 2286
-                try:
-                    ts = (
-                        int(data[i:j])
-                        if i >= len(_TS_KEY) and data[j : j + 1] in _TS_END
-                        else _timestamp(data)
-                    )
-                except ValueError:  # not a number: a malformed event, dropped at insert
-                    ts = 0
-                if ts // _DAY_NS != day:
-                    if seqs:  # never two partitions in one insert: cut, keep the rest
-                        self._leftover = msgs[k:] + self._leftover
-                        break
-                    day = ts // _DAY_NS
+                ts = data[i : i + 19]
+                if not (lo <= ts < hi and data[i + 19 : i + 20] in _TS_END and i >= len(_TS_KEY)):
+                    event_day = _timestamp(data) // _DAY_NS
+                    if event_day != day:
+                        if seqs:  # never two partitions in one insert: cut, keep the rest
+                            self._leftover = msgs[k:] + self._leftover
+                            break
+                        day = event_day
+                        lo, hi = _day_bounds(day)
                 seen, dseq = seq, d + 1
-                # tm.<priority>.<domain>.<type>.<symbol>.<account>.<partition>; "_" = none
-                tokens = subj.split(b".")
-                line = b'%s%d,"domain":"%s",%s' % (head, seq, tokens[2], data[1:])
+                shape = shapes.get(subj)
+                if shape is None:
+                    shape = _shape(subj)
+                    if shape is None:
+                        shape = _odd_shape(data)
+                    else:
+                        if len(shapes) >= _SHAPES_MAX:
+                            shapes.clear()
+                        shapes[subj] = shape
+                line = b"%s%d%s%s" % (head, seq, shape[0], data[1:])
                 lines.append(line)
-                if tokens[5] != b"_":
+                if shape[1]:
                     accounts.append(line)
                 seqs.append(seq)
                 raws.append(data)

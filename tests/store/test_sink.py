@@ -8,7 +8,7 @@ from clickhouse_connect.driver.client import Client
 from nats.aio.client import Client as Nats
 
 from mesh.client import Mesh, connect_nats
-from mesh.events import Event
+from mesh.events import Event, encode
 from mesh.server import NatsServer
 from store import db
 from store.config import StoreConfig
@@ -153,3 +153,32 @@ async def test_malformed_message_is_dropped_and_does_not_block_the_stream(
     assert stats.malformed_dropped == 2
     rows = client.query(f"SELECT seq FROM {store_cfg.database}.events ORDER BY seq").result_rows
     assert [r[0] for r in rows] == [*range(1, 11), *range(13, 23)]
+
+
+async def test_event_on_a_subject_the_mesh_does_not_use_is_stored_and_the_stream_flows_on(
+    fresh_server: NatsServer, store_cfg: StoreConfig, client: Client, tag: str
+) -> None:
+    """A foreign publisher may store anything under `tm.high.>`: an event on a short
+    subject is kept (the subject tells no domain or account; the account comes from the
+    event) and the events after it still land."""
+    odd = Event(event_type="ORDER_PLACED", account=tag, symbol=tag, payload={"odd": True})
+    async with Mesh.connect(fresh_server.url, service="t") as mesh:
+        await mesh.publish(Event(event_type="PRICE_UPDATE", symbol=tag))
+        await mesh.nc.jetstream().publish("tm.high.odd", encode(odd))
+        await mesh.publish(Event(event_type="PRICE_UPDATE", symbol=tag))
+        nc = await connect_nats(fresh_server.url)
+        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_HIGH",))
+        task = asyncio.create_task(sink.run())
+        try:
+            stats = sink.sinks[0].stats
+            await eventually(lambda: stats.committed_seq == 3, 30, "all 3 messages handled")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await nc.close()
+    db_ = store_cfg.database
+    rows = client.query(f"SELECT seq, domain, account FROM {db_}.events ORDER BY seq").result_rows
+    assert rows == [(1, "market", ""), (2, "", tag), (3, "market", "")]
+    by_account = client.query(f"SELECT seq FROM {db_}.events_by_account").result_rows
+    assert by_account == [(2,)]
+    assert stats.insert_failures == 0
