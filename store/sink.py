@@ -84,15 +84,25 @@ class StreamStats(msgspec.Struct):
 @dataclass
 class Batch:
     stream: str
-    lines: list[bytes] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)
-    raw: list[bytes] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)  # JSONEachRow, one per event
     accounts: list[bytes] = field(default_factory=list)  # the lines of events with an account
+    first: int = 0  # stream sequences of the first and last event taken (0: none)
+    last: int = 0
     day: int = -1
 
     @property
     def token(self) -> str:
-        return f"{self.stream}:{self.seqs[0]}-{self.seqs[-1]}"
+        return f"{self.stream}:{self.first}-{self.last}"
+
+    def seqs(self) -> list[int]:
+        """The stream sequences of the lines, read back from them (off the hot loop)."""
+        return [_seq_of(line) for line in self.lines]
+
+
+def _seq_of(line: bytes) -> int:
+    """The `seq` a line starts with (`{"stream":"<name>","seq":<n>,...`)."""
+    i = line.index(b'"seq":') + 6
+    return int(line[i : line.index(b",", i)])
 
 
 def _timestamp(data: bytes) -> int:
@@ -279,7 +289,7 @@ class StreamSink:
         The hot loop of the sink (one pass per event), so it is written flat: the line
         ClickHouse gets is the event's JSON with stream, seq and domain spliced in front."""
         batch = Batch(self.stream)
-        lines, seqs, raws, accounts = batch.lines, batch.seqs, batch.raw, batch.accounts
+        lines, accounts = batch.lines, batch.accounts
         head = b'{"stream":"' + self.stream.encode() + b'","seq":'
         limit = self.cfg.batch_rows
         span = self.cfg.batch_ms / 1000
@@ -292,7 +302,7 @@ class StreamSink:
         while True:
             if msgs and not tail:
                 tail = self._tail = _tail_of(msgs[0][1])
-            room = limit - len(seqs)
+            room = limit - len(lines)
             if len(msgs) > room:  # a prefetched pull brought more than this batch takes
                 msgs, self._leftover = msgs[:room], msgs[room:]
             for k, (subj, reply, data) in enumerate(msgs):
@@ -316,7 +326,7 @@ class StreamSink:
                 if not (lo <= ts < hi and data[i + 19 : i + 20] in _TS_END and i >= len(_TS_KEY)):
                     event_day = _timestamp(data) // _DAY_NS
                     if event_day != day:
-                        if seqs:  # never two partitions in one insert: cut, keep the rest
+                        if lines:  # never two partitions in one insert: cut, keep the rest
                             self._leftover = msgs[k:] + self._leftover
                             break
                         day = event_day
@@ -335,16 +345,14 @@ class StreamSink:
                 lines.append(line)
                 if shape[1]:
                     accounts.append(line)
-                seqs.append(seq)
-                raws.append(data)
             self._seen = self.stats.delivered_seq = seen
             self._next_dseq = dseq
             if self.nc.stats["reconnects"] != self._reconnects:
                 # pulls and deliveries in flight died with the old connection
                 self._broken = True
-            if self._broken or self._leftover or len(seqs) >= limit:
+            if self._broken or self._leftover or len(lines) >= limit:
                 break
-            if deadline is None and seqs:
+            if deadline is None and lines:
                 deadline = polled + span  # the batch_ms include the poll that started it
             # an empty batch still polls in batch_ms slices: a pull waits for its full count
             # or its expiry, so a long first wait would become lag for a trickle of events
@@ -352,10 +360,12 @@ class StreamSink:
             if timeout <= 0.001:
                 break
             polled = time.monotonic()
-            msgs = await psub.fetch(min(limit - len(seqs), 10_000), timeout)
-            if not msgs and seqs:
+            msgs = await psub.fetch(min(limit - len(lines), 10_000), timeout)
+            if not msgs and lines:
                 break
         batch.day = day
+        if lines:
+            batch.first, batch.last = _seq_of(lines[0]), seen
         return batch
 
     async def _commit(self, batch: Batch) -> None:
@@ -377,7 +387,7 @@ class StreamSink:
             delay = min(delay * 2, 5.0)
         self.stats.rows += len(batch.lines)
         self.stats.batches += 1
-        self.stats.committed_seq = batch.seqs[-1]
+        self.stats.committed_seq = batch.last
 
     def _note_failure(self, e: BaseException) -> None:
         self.stats.insert_failures += 1
@@ -385,22 +395,25 @@ class StreamSink:
         log.warning("%s: insert failed (%s), retrying", self.stream, self.stats.last_error)
 
     def _drop_malformed(self, batch: Batch) -> bool:
-        """Remove events that are not valid mesh events; True if any were removed."""
+        """Remove events that are not valid mesh events; True if any were removed.
+
+        The lines are validated as they are (an event's JSON with stream, seq and domain
+        spliced in, which the event decoder ignores): what ClickHouse refused is what is
+        checked."""
         keep = []
-        for i, raw in enumerate(batch.raw):
+        for line in batch.lines:
             try:
-                decode(raw)
-                keep.append(i)
+                decode(line)
+                keep.append(line)
             except MalformedEvent:
-                log.error("%s seq %d: malformed event dropped", self.stream, batch.seqs[i])
-        dropped = len(batch.raw) - len(keep)
+                log.error("%s seq %d: malformed event dropped", self.stream, _seq_of(line))
+        dropped = len(batch.lines) - len(keep)
         if not dropped:
             return False
         self.stats.malformed_dropped += dropped
         # the token stays the batch's first..last sequence: the filtering is deterministic
-        batch.lines = [batch.lines[i] for i in keep]
-        batch.raw = [batch.raw[i] for i in keep]
-        kept = {id(line) for line in batch.lines}
+        batch.lines = keep
+        kept = {id(line) for line in keep}
         batch.accounts = [line for line in batch.accounts if id(line) in kept]
         return True
 
@@ -421,7 +434,7 @@ class StreamSink:
                 if pending is not None:
                     await pending  # strictly one insert at a time per stream, in order
                     pending = None
-                if batch.seqs:
+                if batch.lines:
                     pending = asyncio.create_task(self._commit(batch))
                 if self._broken:  # deliver again from the first event not held
                     self.stats.resubscribes += 1

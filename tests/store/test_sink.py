@@ -76,7 +76,7 @@ async def test_crash_between_the_two_inserts_is_repaired_at_start(
         one, puller = await critical_sink_from_start(nc, store_cfg)
         batch = await one._collect(puller)
         await puller.close()
-        assert len(batch.seqs) == 35
+        assert len(batch.lines) == 35
         assert len(batch.accounts) == 30
         batch.accounts = []  # only the first of the two inserts happens
         await asyncio.to_thread(one._insert, batch)
@@ -107,12 +107,12 @@ async def test_a_delivery_taken_by_someone_else_is_noticed_and_delivered_again(
         assert len(stolen) == 10
         batch = await one._collect(puller)
         await puller.close()
-        assert batch.seqs == []
+        assert batch.lines == []
         assert one._broken
         puller = await one._subscribe()  # what run() does next
         batch = await one._collect(puller)
         await puller.close()
-        assert batch.seqs == list(range(1, 41))
+        assert batch.seqs() == list(range(1, 41))
     finally:
         await nc.close()
 
