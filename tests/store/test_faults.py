@@ -21,8 +21,9 @@ from mesh.server import NatsServer, free_port
 from store import db
 from store.config import StoreConfig
 from store.service import prometheus, serve_lag
-from store.sink import STREAMS, Sink
+from store.sink import STREAMS
 from tests.helpers import eventually, settled
+from tests.store.running import running_sink
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,60 +167,52 @@ async def test_unreachable_store_backlog_drains_afterwards(
         assert n == u, "duplicate rows"
         return int(n)
 
-    async with Mesh.connect(fresh_server.url, service="t") as mesh:
-        nc = await connect_nats(fresh_server.url)
-        sink = Sink(nc, connect, store_cfg, streams=("TM_HIGH",))
-        task = asyncio.create_task(sink.run())
+    async with (
+        Mesh.connect(fresh_server.url, service="t") as mesh,
+        running_sink(fresh_server.url, store_cfg, ("TM_HIGH",), connect) as sink,
+    ):
+        nc = sink.sinks[0].nc
+        ev = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(300)]
+        await mesh.publish_many(ev)
+        await eventually(lambda: rows() == 300, 30, "300 rows")
+        state["down"] = True
+        sink.sinks[0]._drop_client()  # next insert reconnects, to the dead URL
+        ev = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(2000)]
+        await mesh.publish_many(ev)
+        stats = sink.sinks[0].stats
+        await eventually(lambda: stats.insert_failures >= 3, 30, "failed inserts")
+        assert "refused" in stats.last_error.lower() or "connect" in stats.last_error.lower()
+        # the backlog is visible: what JetStream has not delivered (the consumer's
+        # pending count) plus what the sink took and could not insert (its lag report,
+        # which `mesh streams` gathers), together exactly what the table lacks
+        durable = sink.sinks[0].durable
+        last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
+
+        async def backlog() -> tuple[int, int]:  # (held by the store, undelivered)
+            reports = [r for r in await lag.gather(nc) if r.source.startswith("store ")]
+            assert len(reports) == 1
+            undelivered = await consumer_backlog(fresh_server.url, "TM_HIGH", durable)
+            return reports[0].lag["TM_HIGH"], undelivered
+
+        lag_sub = await serve_lag(nc, sink, store_cfg)
         try:
-            ev = [
-                Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(300)
-            ]
-            await mesh.publish_many(ev)
-            await eventually(lambda: rows() == 300, 30, "300 rows")
-            state["down"] = True
-            sink.sinks[0]._drop_client()  # next insert reconnects, to the dead URL
-            ev = [
-                Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(2000)
-            ]
-            await mesh.publish_many(ev)
-            stats = sink.sinks[0].stats
-            await eventually(lambda: stats.insert_failures >= 3, 30, "failed inserts")
-            assert "refused" in stats.last_error.lower() or "connect" in stats.last_error.lower()
-            # the backlog is visible: what JetStream has not delivered (the consumer's
-            # pending count) plus what the sink took and could not insert (its lag report,
-            # which `mesh streams` gathers), together exactly what the table lacks
-            durable = sink.sinks[0].durable
-            last = (await stream_last_seqs(fresh_server.url))["TM_HIGH"]
-
-            async def backlog() -> tuple[int, int]:  # (held by the store, undelivered)
-                reports = [r for r in await lag.gather(nc) if r.source.startswith("store ")]
-                assert len(reports) == 1
-                undelivered = await consumer_backlog(fresh_server.url, "TM_HIGH", durable)
-                return reports[0].lag["TM_HIGH"], undelivered
-
-            lag_sub = await serve_lag(nc, sink, store_cfg)
-            try:
-                # the sink's prefetched pull may still be arriving: read until both agree
-                held, undelivered = await settled(
-                    backlog, lambda b: sum(b) == last - stats.committed_seq
-                )
-            finally:
-                await lag_sub.unsubscribe()
-            assert held > 0
-            assert held + undelivered == last - stats.committed_seq
-            # and in the endpoint's Prometheus text
-            metrics = prometheus(sink)
-            assert f'mesh_store_held_events{{stream="TM_HIGH"}} {held}\n' in metrics
-            committed = stats.committed_seq
-            assert f'mesh_store_committed_seq{{stream="TM_HIGH"}} {committed}\n' in metrics
-            assert rows() == 300
-            state["down"] = False
-            await eventually(lambda: rows() == 2300, 30, "backlog drained")
-            await eventually(lambda: stats.committed_seq == last, 10, "all committed")
+            # the sink's prefetched pull may still be arriving: read until both agree
+            held, undelivered = await settled(
+                backlog, lambda b: sum(b) == last - stats.committed_seq
+            )
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await nc.close()
+            await lag_sub.unsubscribe()
+        assert held > 0
+        assert held + undelivered == last - stats.committed_seq
+        # and in the endpoint's Prometheus text
+        metrics = prometheus(sink)
+        assert f'mesh_store_held_events{{stream="TM_HIGH"}} {held}\n' in metrics
+        committed = stats.committed_seq
+        assert f'mesh_store_committed_seq{{stream="TM_HIGH"}} {committed}\n' in metrics
+        assert rows() == 300
+        state["down"] = False
+        await eventually(lambda: rows() == 2300, 30, "backlog drained")
+        await eventually(lambda: stats.committed_seq == last, 10, "all committed")
 
 
 async def test_nats_restart_mid_drain_loses_no_event_and_duplicates_none(
@@ -232,11 +225,8 @@ async def test_nats_restart_mid_drain_loses_no_event_and_duplicates_none(
         await mesh.publish_many(
             [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(6000)]
         )
-    nc = await connect_nats(fresh_server.url)
-    sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_HIGH",))
-    stats = sink.sinks[0].stats
-    task = asyncio.create_task(sink.run())
-    try:
+    async with running_sink(fresh_server.url, store_cfg, ("TM_HIGH",)) as sink:
+        stats = sink.sinks[0].stats
         await eventually(lambda: stats.delivered_seq >= 1000, 30, "the drain under way")
         fresh_server.kill()
         fresh_server.start()
@@ -247,7 +237,3 @@ async def test_nats_restart_mid_drain_loses_no_event_and_duplicates_none(
             f"SELECT count(), uniqExact(seq), max(seq) FROM {store_cfg.database}.events"
         ).result_rows[0]
         assert (n, distinct, top) == (6000, 6000, 6000)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await nc.close()

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from clickhouse_connect.driver.client import Client
 
-from mesh.client import Mesh, connect_nats
+from mesh.client import Mesh
 from mesh.events import Event, decode
 from mesh.server import NatsServer
-from store import db, replay
+from store import replay
 from store.config import StoreConfig
-from store.sink import Sink
 from tests.helpers import eventually
+from tests.store.running import running_sink
 
 
 async def test_replay_time_range_keeps_per_symbol_order(
@@ -28,14 +28,9 @@ async def test_replay_time_range_keeps_per_symbol_order(
     since = datetime.now(UTC) - timedelta(seconds=1)
     async with Mesh.connect(fresh_server.url, service="t") as mesh:
         await mesh.publish_many(sent)
-        nc = await connect_nats(fresh_server.url)
-        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg)
-        task = asyncio.create_task(sink.run())
-        q = f"SELECT count() FROM {store_cfg.database}.events"
-        await eventually(lambda: client.query(q).result_rows[0][0] == 600, 30, "600 rows")
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await nc.close()
+        async with running_sink(fresh_server.url, store_cfg):
+            q = f"SELECT count() FROM {store_cfg.database}.events"
+            await eventually(lambda: client.query(q).result_rows[0][0] == 600, 30, "600 rows")
 
         got: list[Event] = []
         done = asyncio.Event()

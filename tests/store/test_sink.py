@@ -15,6 +15,7 @@ from store.config import StoreConfig
 from store.puller import Puller
 from store.sink import Sink, StreamSink
 from tests.helpers import eventually
+from tests.store.running import running_sink
 
 
 def count(client: Client, cfg: StoreConfig) -> int:
@@ -32,15 +33,8 @@ async def test_events_of_all_streams_land_once(
             Event(event_type="MARGIN_CALL", account=tag, payload={"i": i}) for i in range(50)
         ]
         await mesh.publish_many(events)
-        nc = await connect_nats(fresh_server.url)
-        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg)
-        task = asyncio.create_task(sink.run())
-        try:
+        async with running_sink(fresh_server.url, store_cfg):
             await eventually(lambda: count(client, store_cfg) >= 1250, 30, "1250 rows")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await nc.close()
     rows = client.query(
         f"SELECT toString(event_id), stream, seq, domain, payload FROM {store_cfg.database}.events"
     ).result_rows
@@ -140,16 +134,9 @@ async def test_malformed_message_is_dropped_and_does_not_block_the_stream(
         )
         after = [Event(event_type="PRICE_UPDATE", symbol=tag) for _ in range(10)]
         await mesh.publish_many(after)
-        nc = await connect_nats(fresh_server.url)
-        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_HIGH",))
-        task = asyncio.create_task(sink.run())
-        try:
+        async with running_sink(fresh_server.url, store_cfg, ("TM_HIGH",)) as sink:
             stats = sink.sinks[0].stats
             await eventually(lambda: stats.committed_seq == 22, 30, "all 22 messages handled")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await nc.close()
     assert stats.malformed_dropped == 2
     rows = client.query(f"SELECT seq FROM {store_cfg.database}.events ORDER BY seq").result_rows
     assert [r[0] for r in rows] == [*range(1, 11), *range(13, 23)]
@@ -166,16 +153,9 @@ async def test_event_on_a_subject_the_mesh_does_not_use_is_stored_and_the_stream
         await mesh.publish(Event(event_type="PRICE_UPDATE", symbol=tag))
         await mesh.nc.jetstream().publish("tm.high.odd", encode(odd))
         await mesh.publish(Event(event_type="PRICE_UPDATE", symbol=tag))
-        nc = await connect_nats(fresh_server.url)
-        sink = Sink(nc, lambda: db.connect(store_cfg.target), store_cfg, streams=("TM_HIGH",))
-        task = asyncio.create_task(sink.run())
-        try:
+        async with running_sink(fresh_server.url, store_cfg, ("TM_HIGH",)) as sink:
             stats = sink.sinks[0].stats
             await eventually(lambda: stats.committed_seq == 3, 30, "all 3 messages handled")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await nc.close()
     db_ = store_cfg.database
     rows = client.query(f"SELECT seq, domain, account FROM {db_}.events ORDER BY seq").result_rows
     assert rows == [(1, "market", ""), (2, "", tag), (3, "market", "")]
