@@ -155,7 +155,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--events", type=int, default=400_000, help="events through JetStream")
+    # 1M: a drain of ~10 s, long enough that merges of its parts fall inside (sustained)
+    p.add_argument("--events", type=int, default=1_000_000, help="events through JetStream")
     p.add_argument("--mix", choices=sorted(MIXES), default="market", help="what they are")
     p.add_argument("--rows", type=int, default=1_000_000, help="generated rows for queries")
     p.add_argument("--repeat", type=int, default=100)
