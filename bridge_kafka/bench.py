@@ -39,6 +39,7 @@ from bridge_kafka.errors import BridgeError
 from bridge_kafka.process import BridgeProcess
 from mesh import events as ev
 from mesh import provision
+from mesh.bench import host
 from mesh.client import Mesh
 from mesh.events import Event
 from mesh.server import NatsServer
@@ -242,6 +243,7 @@ async def _latency(
 
 
 async def main(args: argparse.Namespace) -> int:
+    probe = await host.probe_ms()
     with contextlib.ExitStack() as stack:
         url, bootstrap = args.nats, args.kafka
         if not url:
@@ -272,6 +274,7 @@ async def main(args: argparse.Namespace) -> int:
                 "events": args.events,
                 "latency_rate_per_s": args.rate,
                 "latency_tick_ms": args.tick_ms,
+                "host_probe_ms": probe,
             }
         )
     )

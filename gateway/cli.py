@@ -55,9 +55,11 @@ async def cmd_token(args: argparse.Namespace, cfg: MeshConfig) -> int:
 
 async def cmd_bench(args: argparse.Namespace, cfg: MeshConfig) -> int:
     from gateway import bench
+    from mesh.bench import host
 
+    probe = await host.probe_ms()
     result = await bench.run(args)
-    print(json.dumps(result), flush=True)
+    print(json.dumps({**result, "host_probe_ms": probe}), flush=True)
     return 0
 
 

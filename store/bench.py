@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from mesh import provision
+from mesh.bench import host
 from mesh.client import Mesh
 from mesh.events import Event
 from mesh.server import NatsServer
@@ -167,5 +168,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    print(json.dumps(await run(args)))
+    probe = await host.probe_ms()
+    print(json.dumps({**await run(args), "host_probe_ms": probe}))
     return 0

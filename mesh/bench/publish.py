@@ -24,6 +24,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from mesh import provision, server
+from mesh.bench import host
 from mesh.catalog import Priority
 from mesh.client import Mesh
 from mesh.events import Event
@@ -149,6 +150,7 @@ async def latency(url: str, seconds: float, rate: int) -> tuple[dict[str, Any], 
 
 
 async def main(args: argparse.Namespace) -> int:
+    probe = await host.probe_ms()
     embedded = None
     url = args.url
     tmp = tempfile.TemporaryDirectory(prefix="mesh-bench-")
@@ -187,6 +189,7 @@ async def main(args: argparse.Namespace) -> int:
             "seconds": round(total_secs + args.seconds, 2),
             "nats_server_version": server.server_version(),
             "publisher_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "host_probe_ms": probe,
         }
         print(json.dumps(summary), flush=True)
         return 0
