@@ -124,12 +124,6 @@ class Passed:
             await wire.send(self._nc, b"PUB %s 4\r\n-NAK\r\n" % self._reply)
 
 
-async def ack_all(items: list[Passed]) -> None:
-    """Many acks of one connection in one write and one flush."""
-    if items:
-        await wire.send(items[0]._nc, b"".join(p.ack_frame() for p in items))
-
-
 class PassThrough(Subscription):
     """A mesh subscription whose deliveries are `Passed` items, taken in batches with
     `take()`: most urgent priority first, with a share for every waiting priority in each

@@ -18,12 +18,12 @@ from confluent_kafka import KafkaError
 
 from bridge_kafka import mapping
 from bridge_kafka.config import BridgeConfig, OutboundRule
-from bridge_kafka.feed import Passed, PassThrough, ack_all
+from bridge_kafka.feed import Passed, PassThrough
 from bridge_kafka.kafka_io import ProducerThread
 from bridge_kafka.metrics import Metrics
 from mesh import jsapi
 from mesh.client import Mesh
-from mesh.subscriber import Start, SubscriptionOptions
+from mesh.subscriber import Start, SubscriptionOptions, ack_many
 
 log = logging.getLogger("bridge_kafka")
 
@@ -64,7 +64,7 @@ class Outbound:
                 max_ack_pending=self.cfg.max_inflight_out,
                 # Short, so a restarted bridge gets a crashed one's unacked events soon;
                 # redeliveries of events still in flight to Kafka (a slow or absent
-                # broker) are absorbed in _deliver, not produced twice.
+                # broker) are absorbed in _deliver_now, not produced twice.
                 ack_wait=self.cfg.ack_wait,
             )
             sub = PassThrough(self.mesh, list(rule.filters), opts)
@@ -82,14 +82,14 @@ class Outbound:
                 if mapping.nats_came_from_kafka(d):
                     loops.append(d)  # it came from Kafka: never sent back there
                 elif not deliver_now(d, rule):
-                    await self._deliver(d, rule)
+                    await self._deliver_later(d, rule)
             if loops:
                 self.d.skipped_loop += len(loops)
-                await ack_all(loops)
+                await ack_many(loops)
 
     def _deliver_now(self, d: Passed, rule: OutboundRule) -> bool:
         """The common case without a coroutine per event: True when done; False when it
-        needs waiting (dead letter, a full producer queue), which `_deliver` does."""
+        needs waiting (dead letter, a full producer queue), which `_deliver_later` does."""
         eid = d.fields.event_id
         pending = self._inflight.get(eid)
         if pending is not None:
@@ -98,32 +98,30 @@ class Outbound:
         key, value, headers = mapping.nats_to_kafka(rule, d)
         if len(value) > self.cfg.max_record_bytes:
             return False
-        p = _Pending(eid, d, rule)
+        return self._produce(_Pending(eid, d, rule), key, value, headers)
+
+    def _produce(
+        self, p: _Pending, key: bytes | None, value: bytes, headers: mapping.KafkaHeaders
+    ) -> bool:
+        """False when librdkafka's queue is full (Kafka is slow)."""
         try:
-            self.producer.produce(rule.topic, key, value, headers, p)
+            self.producer.produce(p.rule.topic, key, value, headers, p)
         except BufferError:
             return False
-        self._inflight[eid] = p
+        self._inflight[p.event_id] = p
         return True
 
-    async def _deliver(self, d: Passed, rule: OutboundRule) -> None:
-        eid = d.fields.event_id
-        pending = self._inflight.get(eid)
-        if pending is not None:
-            pending.delivery = d  # ack the newest delivery once Kafka confirms
-            return
+    async def _deliver_later(self, d: Passed, rule: OutboundRule) -> None:
+        """What `_deliver_now` could not finish, right after it (nothing ran between):
+        a record too large for Kafka goes to the dead letters, a full queue is waited out."""
         key, value, headers = mapping.nats_to_kafka(rule, d)
         if len(value) > self.cfg.max_record_bytes:
             await self._dead_letter(d, "too large", f"{len(value)} > {self.cfg.max_record_bytes}")
             return
-        p = _Pending(eid, d, rule)
-        while True:
-            try:
-                self.producer.produce(rule.topic, key, value, headers, p)
-                break
-            except BufferError:
-                await asyncio.sleep(0.005)  # librdkafka's queue is full: Kafka is slow
-        self._inflight[eid] = p
+        p = _Pending(d.fields.event_id, d, rule)
+        # librdkafka announces no room in its queue: try again shortly
+        while not self._produce(p, key, value, headers):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
     def on_report(self, p: _Pending, err: KafkaError | None) -> None:
         """Kafka's delivery report for one record (on the loop)."""
@@ -144,7 +142,7 @@ class Outbound:
         """All acks confirmed since the last call, written as one burst and one flush."""
         acks, self._acks = self._acks, []
         if acks:
-            await ack_all(acks)
+            await ack_many(acks)
 
     async def _dead_letter(self, d: Passed, reason: str, detail: str) -> None:
         subject = f"{self.cfg.dlq_subject}.{self.cfg.name}"

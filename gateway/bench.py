@@ -71,6 +71,11 @@ def _ctx_switches(pid: int) -> int:
     return n
 
 
+def _totals(read: Callable[[int], float], pids: dict[str, list[int]]) -> dict[str, float]:
+    """`read` (CPU seconds, context switches) summed over each group of processes."""
+    return {k: sum(map(read, v)) for k, v in pids.items()}
+
+
 def _metrics_once(port: int) -> dict[str, float]:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
@@ -225,7 +230,7 @@ max_connections_per_user = 10
                 sys.executable, "-m", "gateway.bench_client", "--url",
                 f"ws://127.0.0.1:{port}/ws", "--secret", SECRET, "--first", str(first),
                 "--count", str(n), "--inflight", str(args.inflight),
-                "--sched", getattr(args, "client_sched", "other"), stdin=asyncio.subprocess.PIPE,
+                "--sched", args.client_sched, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=env,
                 limit=16 * 1024 * 1024))
             first += n
@@ -244,20 +249,19 @@ max_connections_per_user = 10
             pids = {"gateway": [g.pid for g in gws], "clients": [c.pid for c in clients],
                     "nats": [nats.proc.pid] if nats.proc is not None else [],
                     "publisher": [os.getpid()]}
-            cpu0 = {k: sum(map(_cpu_s, v)) for k, v in pids.items()}
-            ctx0 = {k: sum(map(_ctx_switches, v)) for k, v in pids.items()}
+            cpu0 = _totals(_cpu_s, pids)
+            ctx0 = _totals(_ctx_switches, pids)
 
             def at_t0() -> None:
-                cpu0.update({k: sum(map(_cpu_s, v)) for k, v in pids.items()})
-                ctx0.update({k: sum(map(_ctx_switches, v)) for k, v in pids.items()})
+                cpu0.update(_totals(_cpu_s, pids))
+                ctx0.update(_totals(_ctx_switches, pids))
 
             critical_ids = await _publish(mesh, args, t0, t1, at_t0)
             # CPU used in the measured window, in cores: what the gateway and the load
             # generator cost, independent of what else runs on the machine.
-            cpu = {k: round((sum(map(_cpu_s, pids[k])) - cpu0[k]) / args.seconds, 2)
-                   for k in pids}
-            ctx = {k: round((sum(map(_ctx_switches, pids[k])) - ctx0[k]) / args.seconds)
-                   for k in ("gateway", "clients")}
+            cpu1, ctx1 = _totals(_cpu_s, pids), _totals(_ctx_switches, pids)
+            cpu = {k: round((cpu1[k] - cpu0[k]) / args.seconds, 2) for k in pids}
+            ctx = {k: round((ctx1[k] - ctx0[k]) / args.seconds) for k in ("gateway", "clients")}
             peak_rss = [_rss_mb(g.pid) for g in gws]
             await mesh.publish(Event(event_type="MARGIN_CALL", symbol="ENDMARK",
                                      account="ACC0"))
@@ -309,7 +313,7 @@ max_connections_per_user = 10
         "gateway_procs": n_gw,
         "flush_ms": args.flush_ms,
         "client_procs": len(per),
-        "client_sched": getattr(args, "client_sched", "other"),
+        "client_sched": args.client_sched,
         "rate": args.rate,
         "seconds": args.seconds,
         "delivered_per_s": round(delivered / args.seconds),

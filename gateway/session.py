@@ -298,7 +298,7 @@ class Session:
             while keyed and len(frames) < max_batch and size < max_bytes:
                 _, (out, conflated) = keyed.popitem(last=False)
                 f = out.conflated_frame() if conflated else out.frame
-                frames.append(f)
+                append(f)
                 size += len(f)
                 sent[out.pkey] = out.seq
                 must += out.must

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import msgspec
 from nats.aio.client import Client
@@ -220,7 +220,16 @@ class Delivery:
             self._span = None
 
 
-async def ack_many(deliveries: Iterable[Delivery]) -> None:
+class Ackable(Protocol):
+    """A delivery `ack_many` can ack: a `Delivery`, or a part's own kind of delivery
+    (the Kafka bridge's `Passed`)."""
+
+    _nc: Client
+
+    def ack_frame(self) -> bytes: ...
+
+
+async def ack_many(deliveries: Iterable[Ackable]) -> None:
     """Acknowledge many deliveries of one connection in one write and one flush (acking
     one by one flushes per ack, which at high rates costs more than the work acked)."""
     nc = None

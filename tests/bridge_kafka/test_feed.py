@@ -4,11 +4,11 @@ without starving the others."""
 
 from __future__ import annotations
 
-from bridge_kafka.feed import PassThrough, ack_all
+from bridge_kafka.feed import PassThrough
 from mesh import jsapi
 from mesh.client import Mesh
 from mesh.events import Event, decode
-from mesh.subscriber import Start, SubscriptionOptions
+from mesh.subscriber import Start, SubscriptionOptions, ack_many
 from tests.helpers import eventually, settled
 
 
@@ -61,7 +61,7 @@ async def test_a_stored_message_that_is_not_an_event_is_termed_and_the_feed_flow
         got = await sub.take(10)
         assert [p.fields.event_id for p in got] == [good.event_id]
         assert sub.malformed == 1
-        await ack_all(got)
+        await ack_many(got)
         ((stream, name, _),) = sub._consumers
         info = await settled(
             lambda: jsapi.call(mesh.nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}"),
