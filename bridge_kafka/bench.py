@@ -3,10 +3,16 @@
 With no arguments it starts a nats-server (with the streams) and a Kafka 4 broker on
 loopback. Throughput: N events waiting at the source before the bridge starts, timed until
 the bridge has every one confirmed by the destination (JetStream PubAck / Kafka delivery
-report). Latency: both directions at `--rate` events/s each for `--seconds`; per event,
-the time from its creation (just before it is handed to the source) to its arrival at a
-subscriber on the other side, which is the bridge's added latency plus one hop of the
-source system. The bridge runs as its own process (`mesh bridge run`), and so does the
+report). Latency: both directions at `--rate` events/s each for `--seconds`, two figures per
+event. `added_latency_ms`, the bridge's own: from the moment the source broker committed
+the event to the moment the destination broker committed it, both stamped by the brokers
+(Kafka's LogAppendTime, in ms, and the time JetStream stored the message, in ns), joined
+through the position headers the bridge writes (`Tm-Kafka-Pos`, `tm-nats-pos`); with
+Kafka's millisecond stamps each value is an upper bound, at most 1 ms high.
+`end_to_end_ms`: from the event's creation (just before it is handed to the source) to its
+arrival at a reader on the other side: the added latency plus the source's produce hop
+and the destination's delivery hop, which a reader of the source system pays too. The
+bridge runs as its own process (`mesh bridge run`), and so does the
 Kafka-side reader (bridge_kafka.bench_reader: as a thread here it fought the load loop for
 the GIL and its delays counted as the bridge's); Kafka, NATS, the bridge and the load
 generator share the 2 cores.
@@ -27,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    Producer,
+    TopicPartition,
+)
 from hdrh.histogram import HdrHistogram
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -36,6 +48,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from bridge_kafka.broker import KafkaBroker, create_topics
 from bridge_kafka.config import BridgeConfig
 from bridge_kafka.errors import BridgeError
+from bridge_kafka.mapping import HDR_KAFKA_POS
 from bridge_kafka.process import BridgeProcess
 from mesh import events as ev
 from mesh import provision
@@ -156,12 +169,14 @@ class _KafkaReader:
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
 
-    async def result(self) -> HdrHistogram:
+    async def result(self) -> tuple[HdrHistogram, list[tuple[str, int]]]:
+        """Creation -> receipt histogram, and [NATS position, Kafka append ms] per record."""
         self.tell("stop")
         assert self.proc.stdout is not None
         line = await asyncio.to_thread(self.proc.stdout.readline)
         await asyncio.to_thread(self.proc.wait, 30)
-        return HdrHistogram.decode(line.strip())
+        out = json.loads(line)
+        return HdrHistogram.decode(out["hist"].encode()), [(p, ms) for p, ms in out["commits"]]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -169,13 +184,67 @@ class _KafkaReader:
             self.proc.wait()
 
 
+def _append_times(bootstrap: str, topic: str, partitions: int) -> dict[str, int]:
+    """ "topic/partition/offset" -> the broker's append time (ms) of every record of a
+    LogAppendTime topic, read from the start to the end."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}"})
+    try:
+        ends = {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        left = {p for p, end in ends.items() if end > 0}
+        out: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            for m in c.consume(10000, 0.5):
+                if m.error() is not None:
+                    continue
+                part, offset = m.partition(), m.offset()
+                if part is None or offset is None:
+                    continue
+                kind, ms = m.timestamp()
+                if kind == TIMESTAMP_LOG_APPEND_TIME:
+                    out[f"{topic}/{part}/{offset}"] = ms
+                if offset + 1 >= ends[part]:
+                    left.discard(part)
+        return out
+    finally:
+        c.close()
+
+
+async def _stored_times(mesh: Mesh, subjects: str, last_seq: int) -> dict[int, int]:
+    """Stream sequence -> the time JetStream stored it (ns), up to `last_seq`."""
+    out: dict[int, int] = {}
+    async with mesh.subscribe(subjects, start=Start.all(), ack="none") as sub:
+        while True:
+            d = await sub.next(timeout=30)
+            out[d.seq] = d.stored_ns
+            if d.seq >= last_seq:
+                return out
+
+
+def _us(ns: int) -> int:
+    return max(1, ns // 1000)
+
+
 async def _latency(
     url: str, bootstrap: str, rate: int, seconds: float, work: Path, tick: float = 0.01
 ) -> dict[str, Any]:
     run = uuid.uuid4().hex[:6].upper()
     k_in, k_out = f"lat-in-{run}", f"lat-out-{run}"
-    await asyncio.to_thread(create_topics, bootstrap, {k_in: 4, k_out: 4, "bench-dlq": 1})
+    # The brokers' own clocks mark when each event was committed on either side.
+    await asyncio.to_thread(
+        create_topics,
+        bootstrap,
+        {k_in: 4, k_out: 4},
+        30.0,
+        {"message.timestamp.type": "LogAppendTime"},
+    )
+    await asyncio.to_thread(create_topics, bootstrap, {"bench-dlq": 1})
     k2n_h = HdrHistogram(1, 60_000_000, 3)
+    k2n_commits: list[tuple[str, int]] = []  # Kafka position, JetStream stored ns
     ksym, nsym = f"K{run}", f"N{run}"
     # Events created in the first WARMUP seconds are not measured (consumer group joins,
     # first batches): set once the load starts.
@@ -198,7 +267,8 @@ async def _latency(
             async def recv() -> None:
                 async for d in sub:
                     if d.event.timestamp >= since[0]:
-                        k2n_h.record_value(max(1, (time.time_ns() - d.event.timestamp) // 1000))
+                        k2n_h.record_value(_us(time.time_ns() - d.event.timestamp))
+                        k2n_commits.append((d.headers.get(HDR_KAFKA_POS, ""), d.stored_ns))
 
             rx = asyncio.create_task(recv())
             per_tick = max(1, round(rate * tick))
@@ -221,9 +291,24 @@ async def _latency(
             await asyncio.sleep(2.0)
             rx.cancel()
             status = await proc.status(mesh.nc)
-            n2k_h = await reader.result()
+            n2k_h, n2k_commits = await reader.result()
+            stored: dict[int, int] = {}
+            if n2k_commits:
+                seqs = [int(pos.rsplit("/", 1)[1]) for pos, _ in n2k_commits]
+                stored = await _stored_times(mesh, f"tm.*.*.*.{nsym}.>", max(seqs))
     finally:
         stack.close()
+    appended = await asyncio.to_thread(_append_times, bootstrap, k_in, 4)
+    k2n_added = HdrHistogram(1, 60_000_000, 3)
+    for pos, stored_ns in k2n_commits:
+        if pos in appended:
+            k2n_added.record_value(_us(stored_ns - appended[pos] * 1_000_000))
+    n2k_added = HdrHistogram(1, 60_000_000, 3)
+    for pos, appended_ms in n2k_commits:
+        seq = int(pos.rsplit("/", 1)[1])
+        if seq in stored:
+            # The append happened within [ms, ms + 1): count the end, an upper bound.
+            n2k_added.record_value(_us((appended_ms + 1) * 1_000_000 - stored[seq]))
 
     def q(h: HdrHistogram) -> dict[str, float]:
         return {
@@ -233,8 +318,8 @@ async def _latency(
         }
 
     return {
-        "kafka_to_nats": q(k2n_h),
-        "nats_to_kafka": q(n2k_h),
+        "added": {"kafka_to_nats": q(k2n_added), "nats_to_kafka": q(n2k_added)},
+        "end_to_end": {"kafka_to_nats": q(k2n_h), "nats_to_kafka": q(n2k_h)},
         "errors": {
             "kafka_to_nats": status["kafka_to_nats"]["errors"],
             "nats_to_kafka": status["nats_to_kafka"]["errors"],
@@ -267,10 +352,8 @@ async def main(args: argparse.Namespace) -> int:
             {
                 "kafka_to_nats_per_s": round(k2n),
                 "nats_to_kafka_per_s": round(n2k),
-                "added_latency_ms": {
-                    "kafka_to_nats": lat["kafka_to_nats"],
-                    "nats_to_kafka": lat["nats_to_kafka"],
-                },
+                "added_latency_ms": lat["added"],
+                "end_to_end_ms": lat["end_to_end"],
                 "events": args.events,
                 "latency_rate_per_s": args.rate,
                 "latency_tick_ms": args.tick_ms,

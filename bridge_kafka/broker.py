@@ -246,11 +246,19 @@ def console_producer(bootstrap: str, topic: str, *props: str) -> list[str]:
     return java_cmd(CONSOLE_PRODUCER_MAIN, *args, heap="256m")
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> None:
-    """Create topics (name -> partitions) if absent; blocking, call through to_thread."""
+def create_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    timeout: float = 30.0,
+    config: dict[str, str] | None = None,
+) -> None:
+    """Create topics (name -> partitions) if absent, each with `config` (topic settings);
+    blocking, call through to_thread."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+    wanted = [
+        NewTopic(t, n, 1, config=config or {}) for t, n in topics.items() if t not in existing
+    ]
     if not wanted:
         return
     for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():

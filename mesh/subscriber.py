@@ -182,6 +182,12 @@ class Delivery:
         return self._raw_headers
 
     @property
+    def stored_ns(self) -> int:
+        """When JetStream stored the event (the server's clock, ns since epoch): the
+        moment it became durable, as opposed to `event.timestamp`, its creation."""
+        return stored_ns(self._reply)
+
+    @property
     def num_delivered(self) -> int:
         """1 on first delivery; more when the server redelivers (no ack in time)."""
         return ack_info(self._reply)[1]
@@ -254,6 +260,13 @@ def ack_info(reply: bytes) -> tuple[int, int]:
     if len(t) == 9:
         return int(t[5]), int(t[4])
     return int(t[7]), int(t[6])
+
+
+def stored_ns(reply: bytes) -> int:
+    """When the stream stored the message (server clock, ns since epoch), from the same
+    ack subject (the <ts> token)."""
+    t = reply.split(b".")
+    return int(t[7] if len(t) == 9 else t[9])
 
 
 class _LazyHeaders(Mapping[str, str]):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -8,7 +9,7 @@ from mesh import jsapi
 from mesh.catalog import Priority
 from mesh.client import Mesh
 from mesh.events import Event, encode
-from mesh.subscriber import Interest, Start, ack_many
+from mesh.subscriber import Interest, Start, ack_info, ack_many, stored_ns
 from mesh.transforms import Transforms
 from tests.helpers import eventually, settled
 
@@ -144,3 +145,23 @@ async def test_next_many_takes_what_is_there_most_urgent_first_and_ack_many_acks
             assert info["ack_floor"]["stream_seq"] == info["delivered"]["stream_seq"]
         with pytest.raises(TimeoutError):
             await sub.next_many(10, timeout=0.2)
+
+
+async def test_a_delivery_says_when_the_stream_stored_it(mesh: Mesh, tag: str) -> None:
+    before = time.time_ns()
+    [event] = orders(tag, 1)
+    await mesh.publish(event)
+    after = time.time_ns()
+    async with mesh.subscribe(Interest(account=tag), start=Start.all()) as sub:
+        d = await sub.next(timeout=10)
+    # The server stamps the message between our publish and its acknowledgement.
+    assert event.timestamp <= d.stored_ns
+    assert before <= d.stored_ns <= after
+
+
+def test_ack_subject_forms_give_sequence_count_and_store_time() -> None:
+    short = b"$JS.ACK.TM_HIGH.c1.2.41.7.1764268800123456789.0"
+    long = b"$JS.ACK.hub.ACCHASH.TM_HIGH.c1.2.41.7.1764268800123456789.0.tok"
+    for reply in (short, long):
+        assert ack_info(reply) == (41, 2)
+        assert stored_ns(reply) == 1764268800123456789
