@@ -3,10 +3,14 @@ and one JSON line of results.
 
 Everything runs on loopback: a nats-server with the project's streams, `--gateway-procs`
 gateway processes sharing one port with SO_REUSEPORT (default 2, one per core; Uvicorn
-unless `--server hypercorn`), `--procs` client processes (gateway/bench_client.py) and
-the publisher in this process. Each client subscribes to all prices, its account's
-orders and all risk events, so one published price is delivered to every client, an
-order to clients/accounts of them, a critical risk event to every client.
+unless `--server hypercorn`), `--procs` client processes and the publisher in this
+process. The client processes run gateway/bench_client_go/ (`--client go`, built with
+`go build` into the run's temporary directory; Go's build cache makes reruns fast) or
+gateway/bench_client.py (`--client python`): the same flags, protocol and result line,
+latencies as [[microseconds, count], ...] per priority, put into HdrHistograms here.
+Each client subscribes to all prices, its account's orders and all risk events, so one
+published price is delivered to every client, an order to clients/accounts of them, a
+critical risk event to every client.
 
 Mix per second of `--rate`: 90% PRICE_UPDATE over `--symbols` symbols, 8% order events,
 2% critical (MARGIN_CALL). Latency is publish timestamp -> client receipt, per priority.
@@ -41,6 +45,46 @@ from mesh.server import NatsServer, free_port
 
 PRIOS = ("critical", "high", "standard", "background")
 SECRET = "bench-secret-0123456789abcdef0123456789"
+GO_CLIENT_DIR = REPO_ROOT / "gateway" / "bench_client_go"
+
+
+class GoMissing(RuntimeError):
+    """`--client go` without a Go toolchain."""
+
+
+def go_tool() -> str | None:
+    """The `go` command: on PATH, else Go's default install location."""
+    found = shutil.which("go")
+    if found is None and os.access("/usr/local/go/bin/go", os.X_OK):
+        found = "/usr/local/go/bin/go"
+    return found
+
+
+def build_go_client(out: Path) -> Path:
+    """`go build` of gateway/bench_client_go/ into `out` (nothing is written into the
+    repository; the standard library only, so nothing is downloaded: GOPROXY=off)."""
+    go = go_tool()
+    if go is None:
+        raise GoMissing("mesh bench gateway --client go needs Go (https://go.dev/dl/, "
+                        "`go` on PATH); or use --client python")
+    binary = out / "bench-client"
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "-buildvcs=false",
+           "GOWORK": "off"}
+    done = subprocess.run([go, "build", "-o", str(binary), "."], cwd=GO_CLIENT_DIR, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"go build in {GO_CLIENT_DIR} failed:\n{done.stderr}")
+    return binary
+
+
+GO_DEFAULT_PROCS = 2
+
+
+def client_procs(clients: int, client: str) -> int:
+    """The default number of client processes."""
+    if client == "go":
+        return GO_DEFAULT_PROCS
+    return max(2, min(8, clients // 500 + 1))
 
 
 def _rss_mb(pid: int) -> float:
@@ -60,14 +104,21 @@ def _cpu_s(pid: int) -> float:
 
 
 def _ctx_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches of a process so far."""
+    """Voluntary + involuntary context switches of a process so far, all its threads
+    (/proc/<pid>/status counts the main thread only: a Go client does its work on
+    others)."""
     n = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if "ctxt_switches:" in line:
-                n += int(line.split()[1])
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        pass
+        return 0
+    for task in tasks:
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    n += int(line.split()[1])
+        except OSError:
+            pass  # the thread ended
     return n
 
 
@@ -195,6 +246,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # The same delivery load (~55,000 events/s) whatever the number of clients.
         args.rate = max(1, round(60 * 1000 / args.clients))
     tmp = Path(tempfile.mkdtemp(prefix="gwbench-"))
+    client_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    if args.client == "go":
+        try:
+            binary = await asyncio.to_thread(build_go_client, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        client_cmd = [str(binary)]
+        if args.client_gomaxprocs:
+            client_env["GOMAXPROCS"] = str(args.client_gomaxprocs)
+    else:
+        client_cmd = [sys.executable, "-m", "gateway.bench_client"]
     nats = NatsServer(tmp / "nats")
     await nats.start_ready()
     await provision.apply_to(nats.url)
@@ -214,24 +277,23 @@ connects_per_s_per_ip = 1000000.0
 connect_burst_per_ip = 1000000
 max_connections_per_user = 10
 """)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     n_gw = args.gateway_procs
     gws = [await asyncio.to_thread(_spawn_gateway, nats.url, cfg, port, args.server,
                                    f"gw{i}", n_gw > 1) for i in range(n_gw)]
     clients: list[asyncio.subprocess.Process] = []
     try:
-        procs = args.procs or max(2, min(8, args.clients // 500 + 1))
+        procs = args.procs or client_procs(args.clients, args.client)
         per = [args.clients // procs + (1 if i < args.clients % procs else 0)
                for i in range(procs)]
         first = 0
         t_setup = time.monotonic()
         for n in per:
             clients.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.bench_client", "--url",
+                *client_cmd, "--url",
                 f"ws://127.0.0.1:{port}/ws", "--secret", SECRET, "--first", str(first),
                 "--count", str(n), "--inflight", str(args.inflight),
                 "--sched", args.client_sched, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=env,
+                stdout=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=client_env,
                 limit=16 * 1024 * 1024))
             first += n
         for c in clients:
@@ -292,12 +354,12 @@ max_connections_per_user = 10
         conflated += r["conflated"]
         for k, v in r["closed"].items():
             closed[k] = closed.get(k, 0) + v
-        for k, enc in r["hist"].items():
-            h = HdrHistogram.decode(enc.encode())
-            if k in hist:
-                hist[k].add(h)
-            else:
-                hist[k] = h
+        for k, rows in r["lat_us"].items():
+            if k not in hist:
+                hist[k] = HdrHistogram(1, 600_000_000, 2)  # microseconds
+            h = hist[k]
+            for us, count in rows:
+                h.record_value(us, count)
         # Every client that got the end marker must hold every critical event before it.
         for got in r["critical_counts"]:
             dropped += max(0, critical_ids - got)
@@ -312,8 +374,11 @@ max_connections_per_user = 10
         "server": args.server,
         "gateway_procs": n_gw,
         "flush_ms": args.flush_ms,
+        "client": args.client,
         "client_procs": len(per),
         "client_sched": args.client_sched,
+        **({"client_gomaxprocs": client_env.get("GOMAXPROCS") or "default"}
+           if args.client == "go" else {}),
         "rate": args.rate,
         "seconds": args.seconds,
         "delivered_per_s": round(delivered / args.seconds),

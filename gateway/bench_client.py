@@ -11,7 +11,11 @@ of a core at 1,000 clients. Here each connection is a bare `asyncio.Protocol`: t
 handshake is written by hand, server frames (never masked) are cut out of the receive
 buffer in `data_received` and decoded with a minimal msgspec schema (only what is
 measured); one clock reading per received chunk. Handshakes are paced by a semaphore
-(`--inflight`) so 10,000 clients connect without a thundering herd of timeouts."""
+(`--inflight`) so 10,000 clients connect without a thundering herd of timeouts.
+
+`mesh bench gateway --client go` runs gateway/bench_client_go/ instead: the same flags,
+protocol and result line (latencies as `lat_us`: [[microseconds, count], ...] per
+priority), in Go."""
 
 from __future__ import annotations
 
@@ -30,7 +34,6 @@ from urllib.parse import urlsplit
 
 import jwt
 import msgspec
-from hdrh.histogram import HdrHistogram
 
 from gateway.gcwatch import WATCH
 from mesh import loop
@@ -244,11 +247,11 @@ class Client(asyncio.Protocol):
                 a.append(now - ev.timestamp)
 
 
-def histogram(ns: array[int]) -> str:
-    h = HdrHistogram(1, 600_000_000, 2)  # microseconds
-    for us, count in Counter(v // 1000 for v in ns).items():
-        h.record_value(max(1, us), count)
-    return h.encode().decode()  # type: ignore[no-any-return]
+def lat_us(ns: array[int]) -> list[list[int]]:
+    """Latencies (ns) as [[microseconds, count], ...] (at least 1 us, ascending): the
+    result format of both clients, put into HdrHistograms by gateway/bench.py."""
+    counts = Counter(max(1, v // 1000) for v in ns)
+    return [[us, counts[us]] for us in sorted(counts)]
 
 
 async def open_client(url: str, token: str, account: str, stats: Stats,
@@ -309,7 +312,7 @@ async def main() -> None:
     out = {
         "delivered": stats.delivered,
         "conflated": stats.conflated,
-        "hist": {k: histogram(v) for k, v in stats.lat.items()},
+        "lat_us": {k: lat_us(v) for k, v in stats.lat.items()},
         # Only clients holding the end marker can be checked for missing critical events.
         "critical_counts": [len(c.crit) for c in clients if c.done],
         "connected_at_end": len(connected),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from gateway import config as gconfig
@@ -58,7 +59,11 @@ async def cmd_bench(args: argparse.Namespace, cfg: MeshConfig) -> int:
     from mesh.bench import host
 
     probe = await host.probe_ms()
-    result = await bench.run(args)
+    try:
+        result = await bench.run(args)
+    except bench.GoMissing as e:
+        print(e, file=sys.stderr)
+        return 2
     print(json.dumps({**result, "host_probe_ms": probe}), flush=True)
     return 0
 
@@ -83,7 +88,13 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
 
     b = benches.add_parser("gateway", help="N WebSocket clients under a mixed load")
     b.add_argument("--clients", type=int, default=1000)
-    b.add_argument("--procs", type=int, default=0, help="client processes (default: auto)")
+    b.add_argument("--client", choices=["go", "python"], default="go",
+                   help="the load generator: gateway/bench_client_go/ (needs Go; built "
+                   "for the run) or gateway/bench_client.py")
+    b.add_argument("--procs", type=int, default=0,
+                   help="client processes (default: go 2; python 2-8 by --clients)")
+    b.add_argument("--client-gomaxprocs", type=int, default=0,
+                   help="GOMAXPROCS of each go client process (default: the client's own, 1)")
     b.add_argument("--seconds", type=float, default=15.0)
     b.add_argument("--rate", type=int, default=0,
                    help="published events/s (mixed); each reaches ~92%% of the clients "

@@ -1,0 +1,3 @@
+module trademaster/benchclient
+
+go 1.22
