@@ -251,13 +251,9 @@ func hex4(b []byte, i int) (rune, bool) {
 // for each member; field returns the index after the value. Returns the index after
 // the object.
 func object(b []byte, i int, field func(key []byte, esc bool, at int) (int, error)) (int, error) {
-	i = skipSpace(b, i)
-	if i >= len(b) || b[i] != '{' {
-		return 0, errSyntax
-	}
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return i + 1, nil
+	i, empty, err := opening(b, skipSpace(b, i), '{', '}')
+	if err != nil || empty {
+		return i, err
 	}
 	for {
 		if i >= len(b) || b[i] != '"' {
@@ -275,18 +271,40 @@ func object(b []byte, i int, field func(key []byte, esc bool, at int) (int, erro
 		if err != nil {
 			return 0, err
 		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return 0, errSyntax
+		var done bool
+		if i, done, err = afterMember(b, i, '}'); err != nil || done {
+			return i, err
 		}
-		if b[i] == '}' {
-			return i + 1, nil
-		}
-		if b[i] != ',' {
-			return 0, errSyntax
-		}
-		i = skipSpace(b, i+1)
 	}
+}
+
+// opening: past the opening bracket at i (and spaces): the start of the first member, or
+// the index after the closing bracket and empty.
+func opening(b []byte, i int, open, closing byte) (int, bool, error) {
+	if i >= len(b) || b[i] != open {
+		return 0, false, errSyntax
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == closing {
+		return i + 1, true, nil
+	}
+	return i, false, nil
+}
+
+// afterMember: past the separator after an object member or array element at i: the
+// index after the closing bracket and done, or the start of the next one.
+func afterMember(b []byte, i int, closing byte) (int, bool, error) {
+	i = skipSpace(b, i)
+	if i >= len(b) {
+		return 0, false, errSyntax
+	}
+	if b[i] == closing {
+		return i + 1, true, nil
+	}
+	if b[i] != ',' {
+		return 0, false, errSyntax
+	}
+	return skipSpace(b, i+1), false, nil
 }
 
 // stringOrNull: a string value's contents (null: isNull).
@@ -457,12 +475,9 @@ func items(b []byte, i int, f *frameInfo, fn itemFunc) (int, error) {
 	if i < len(b) && b[i] == 'n' {
 		return literal(b, i, "null")
 	}
-	if i >= len(b) || b[i] != '[' {
-		return 0, errSyntax
-	}
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return i + 1, nil
+	i, empty, err := opening(b, i, '[', ']')
+	if err != nil || empty {
+		return i, err
 	}
 	for {
 		hasEv, conflated := false, false
@@ -490,17 +505,10 @@ func items(b []byte, i int, f *frameInfo, fn itemFunc) (int, error) {
 				return 0, err
 			}
 		}
-		i = skipSpace(b, next)
-		if i >= len(b) {
-			return 0, errSyntax
+		var done bool
+		if i, done, err = afterMember(b, next, ']'); err != nil || done {
+			return i, err
 		}
-		if b[i] == ']' {
-			return i + 1, nil
-		}
-		if b[i] != ',' {
-			return 0, errSyntax
-		}
-		i = skipSpace(b, i+1)
 	}
 }
 
