@@ -291,11 +291,13 @@ async def _latency(
             await asyncio.sleep(2.0)
             rx.cancel()
             status = await proc.status(mesh.nc)
-            n2k_h, n2k_commits = await reader.result()
+            n2k_h, commits = await reader.result()
+            # "stream/seq" -> seq: the events all come from one subject's stream.
+            n2k_commits = [(int(pos.rsplit("/", 1)[1]), ms) for pos, ms in commits]
             stored: dict[int, int] = {}
             if n2k_commits:
-                seqs = [int(pos.rsplit("/", 1)[1]) for pos, _ in n2k_commits]
-                stored = await _stored_times(mesh, f"tm.*.*.*.{nsym}.>", max(seqs))
+                last = max(seq for seq, _ in n2k_commits)
+                stored = await _stored_times(mesh, f"tm.*.*.*.{nsym}.>", last)
     finally:
         stack.close()
     appended = await asyncio.to_thread(_append_times, bootstrap, k_in, 4)
@@ -304,8 +306,7 @@ async def _latency(
         if pos in appended:
             k2n_added.record_value(_us(stored_ns - appended[pos] * 1_000_000))
     n2k_added = HdrHistogram(1, 60_000_000, 3)
-    for pos, appended_ms in n2k_commits:
-        seq = int(pos.rsplit("/", 1)[1])
+    for seq, appended_ms in n2k_commits:
         if seq in stored:
             # The append happened within [ms, ms + 1): count the end, an upper bound.
             n2k_added.record_value(_us((appended_ms + 1) * 1_000_000 - stored[seq]))

@@ -377,7 +377,8 @@ max_connections_per_user = 10
         "client": args.client,
         "client_procs": len(per),
         "client_sched": args.client_sched,
-        **({"client_gomaxprocs": client_env.get("GOMAXPROCS") or "default"}
+        # The Go client runs with GOMAXPROCS 1 unless the environment says otherwise.
+        **({"client_gomaxprocs": int(client_env.get("GOMAXPROCS") or 1)}
            if args.client == "go" else {}),
         "rate": args.rate,
         "seconds": args.seconds,
