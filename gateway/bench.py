@@ -60,6 +60,13 @@ def go_tool() -> str | None:
     return found
 
 
+def go_env() -> dict[str, str]:
+    """The environment of every `go` command on the client: this toolchain only, nothing
+    downloaded, nothing written into the repository."""
+    return {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off",
+            "GOFLAGS": "-buildvcs=false", "GOWORK": "off"}
+
+
 def build_go_client(out: Path) -> Path:
     """`go build` of gateway/bench_client_go/ into `out` (nothing is written into the
     repository; the standard library only, so nothing is downloaded: GOPROXY=off)."""
@@ -68,10 +75,8 @@ def build_go_client(out: Path) -> Path:
         raise GoMissing("mesh bench gateway --client go needs Go (https://go.dev/dl/, "
                         "`go` on PATH); or use --client python")
     binary = out / "bench-client"
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "-buildvcs=false",
-           "GOWORK": "off"}
-    done = subprocess.run([go, "build", "-o", str(binary), "."], cwd=GO_CLIENT_DIR, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([go, "build", "-o", str(binary), "."], cwd=GO_CLIENT_DIR,
+                          env=go_env(), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"go build in {GO_CLIENT_DIR} failed:\n{done.stderr}")
     return binary

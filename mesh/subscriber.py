@@ -252,21 +252,25 @@ def _start_span(d: Delivery) -> None:
     d._span = tracing.consume_span(d.event.event_type, d.subject, d.event.event_id, d.headers)
 
 
-def ack_info(reply: bytes) -> tuple[int, int]:
-    """(stream sequence, delivery count) from a JetStream ack subject:
+def _ack_tokens(reply: bytes) -> tuple[list[bytes], int]:
+    """The tokens of a JetStream ack subject and where <stream> is among them:
     $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or the longer
     form with domain and account hash in front (and a token at the end)."""
     t = reply.split(b".")
-    if len(t) == 9:
-        return int(t[5]), int(t[4])
-    return int(t[7]), int(t[6])
+    return t, 2 if len(t) == 9 else 4
+
+
+def ack_info(reply: bytes) -> tuple[int, int]:
+    """(stream sequence, delivery count) from a JetStream ack subject."""
+    t, s = _ack_tokens(reply)
+    return int(t[s + 3]), int(t[s + 2])
 
 
 def stored_ns(reply: bytes) -> int:
-    """When the stream stored the message (server clock, ns since epoch), from the same
-    ack subject (the <ts> token)."""
-    t = reply.split(b".")
-    return int(t[7] if len(t) == 9 else t[9])
+    """When the stream stored the message (server clock, ns since epoch), from its ack
+    subject (the <ts> token)."""
+    t, s = _ack_tokens(reply)
+    return int(t[s + 5])
 
 
 class _LazyHeaders(Mapping[str, str]):

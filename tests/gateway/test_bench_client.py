@@ -398,6 +398,5 @@ def test_go_scanner_unit_tests(go_binary: Path) -> None:
     assert go is not None
     done = subprocess.run(
         [go, "test", "-count=1", "."], cwd=bench.GO_CLIENT_DIR, capture_output=True, text=True,
-        timeout=600, env={**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off",
-                          "GOFLAGS": "-buildvcs=false", "GOWORK": "off"})
+        timeout=600, env=bench.go_env())
     assert done.returncode == 0, done.stdout + done.stderr
