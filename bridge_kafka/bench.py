@@ -3,19 +3,21 @@
 With no arguments it starts a nats-server (with the streams) and a Kafka 4 broker on
 loopback. Throughput: N events waiting at the source before the bridge starts, timed until
 the bridge has every one confirmed by the destination (JetStream PubAck / Kafka delivery
-report). Latency: both directions at `--rate` events/s each for `--seconds`, two figures per
-event. `added_latency_ms`, the bridge's own: from the moment the source broker committed
+report). Latency: both directions at `--rate` events/s each for `--seconds`.
+`added_latency_ms`, the bridge's own: from the moment the source broker committed
 the event to the moment the destination broker committed it, both stamped by the brokers
 (Kafka's LogAppendTime, in ms, and the time JetStream stored the message, in ns), joined
 through the position headers the bridge writes (`Tm-Kafka-Pos`, `tm-nats-pos`); with
 Kafka's millisecond stamps each value is an upper bound, at most 1 ms high.
-`end_to_end_ms`: from the event's creation (just before it is handed to the source) to its
-arrival at a reader on the other side: the added latency plus the source's produce hop
-and the destination's delivery hop, which a reader of the source system pays too. The
-bridge runs as its own process (`mesh bridge run`), and so does the
-Kafka-side reader (bridge_kafka.bench_reader: as a thread here it fought the load loop for
-the GIL and its delays counted as the bridge's); Kafka, NATS, the bridge and the load
-generator share the 2 cores.
+`end_to_end_ms` (only with `--end-to-end`): from the event's creation (just before it is
+handed to the source) to its arrival at a reader on the other side: the added latency plus
+the source's produce hop and the destination's delivery hop, which a reader of the source
+system pays too. The added latency needs no reader during the window: the bench reads both
+topics and both subjects back after it. Live readers cost CPU on the two cores the path
+runs on (decisions §17), so they run only when asked; the Kafka-side one is a process of
+its own (bridge_kafka.bench_reader: as a thread here it fought the load loop for the GIL).
+The bridge runs as its own process (`mesh bridge run`); Kafka, NATS, the bridge and the
+load generator share the 2 cores.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from confluent_kafka import (
@@ -45,10 +47,11 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from bridge_kafka.bench_reader import created_ns
 from bridge_kafka.broker import KafkaBroker, create_topics
 from bridge_kafka.config import BridgeConfig
 from bridge_kafka.errors import BridgeError
-from bridge_kafka.mapping import HDR_KAFKA_POS
+from bridge_kafka.mapping import HDR_KAFKA_POS, KAFKA_NATS_POS, KafkaHeaders, header
 from bridge_kafka.process import BridgeProcess
 from mesh import events as ev
 from mesh import provision
@@ -56,7 +59,7 @@ from mesh.bench import host
 from mesh.client import Mesh
 from mesh.events import Event
 from mesh.server import NatsServer
-from mesh.subscriber import Start
+from mesh.subscriber import Delivery, Start
 
 WARMUP = 2.0
 
@@ -169,14 +172,13 @@ class _KafkaReader:
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
 
-    async def result(self) -> tuple[HdrHistogram, list[tuple[str, int]]]:
-        """Creation -> receipt histogram, and [NATS position, Kafka append ms] per record."""
+    async def result(self) -> HdrHistogram:
+        """Creation -> receipt, per record created from the time told."""
         self.tell("stop")
         assert self.proc.stdout is not None
         line = await asyncio.to_thread(self.proc.stdout.readline)
         await asyncio.to_thread(self.proc.wait, 30)
-        out = json.loads(line)
-        return HdrHistogram.decode(out["hist"].encode()), [(p, ms) for p, ms in out["commits"]]
+        return HdrHistogram.decode(line.strip())
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -184,9 +186,17 @@ class _KafkaReader:
             self.proc.wait()
 
 
-def _append_times(bootstrap: str, topic: str, partitions: int) -> dict[str, int]:
-    """ "topic/partition/offset" -> the broker's append time (ms) of every record of a
-    LogAppendTime topic, read from the start to the end."""
+class _Record(msgspec.Struct, array_like=True):
+    """One record of a LogAppendTime topic, as the added-latency join needs it."""
+
+    pos: str  # "topic/partition/offset"
+    appended_ms: int  # the broker's append time
+    nats_pos: str  # the bridge's `tm-nats-pos` header ("" if none)
+    created_ns: int  # the event's creation time
+
+
+def _kafka_records(bootstrap: str, topic: str, partitions: int) -> list[_Record]:
+    """Every record of a LogAppendTime topic, read from the start to the end."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}"})
     try:
         ends = {
@@ -195,7 +205,7 @@ def _append_times(bootstrap: str, topic: str, partitions: int) -> dict[str, int]
         }
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         left = {p for p, end in ends.items() if end > 0}
-        out: dict[str, int] = {}
+        out: list[_Record] = []
         deadline = time.monotonic() + 60
         while left and time.monotonic() < deadline:
             for m in c.consume(10000, 0.5):
@@ -206,7 +216,9 @@ def _append_times(bootstrap: str, topic: str, partitions: int) -> dict[str, int]
                     continue
                 kind, ms = m.timestamp()
                 if kind == TIMESTAMP_LOG_APPEND_TIME:
-                    out[f"{topic}/{part}/{offset}"] = ms
+                    nats_pos = header(cast(KafkaHeaders | None, m.headers()), KAFKA_NATS_POS)
+                    created = created_ns(m.value())
+                    out.append(_Record(f"{topic}/{part}/{offset}", ms, nats_pos or "", created))
                 if offset + 1 >= ends[part]:
                     left.discard(part)
         return out
@@ -214,24 +226,79 @@ def _append_times(bootstrap: str, topic: str, partitions: int) -> dict[str, int]
         c.close()
 
 
-async def _stored_times(mesh: Mesh, subjects: str, last_seq: int) -> dict[int, int]:
-    """Stream sequence -> the time JetStream stored it (ns), up to `last_seq`."""
-    out: dict[int, int] = {}
+async def _stored(mesh: Mesh, subjects: str, count: int) -> list[Delivery]:
+    """The first `count` events of `subjects`, from the start of their stream: each with
+    the time JetStream stored it (`stored_ns`) and its headers."""
+    out: list[Delivery] = []
     async with mesh.subscribe(subjects, start=Start.all(), ack="none") as sub:
-        while True:
-            d = await sub.next(timeout=30)
-            out[d.seq] = d.stored_ns
-            if d.seq >= last_seq:
-                return out
+        while len(out) < count:
+            out.append(await sub.next(timeout=30))
+    return out
+
+
+async def _all_bridged(proc: BridgeProcess, nc: Client, sent: dict[str, int]) -> None:
+    """Waits until the bridge has every event of the window confirmed by the destination
+    (the delivered counts: nothing else goes through this bridge)."""
+    deadline = time.monotonic() + 60
+    while True:
+        status = await proc.status(nc)
+        if all(status[d]["delivered"] >= n for d, n in sent.items()):
+            return
+        if time.monotonic() > deadline:
+            raise BridgeError(f"bench: the bridge delivered {status} of {sent} in 60 s")
+        await asyncio.sleep(0.1)
 
 
 def _us(ns: int) -> int:
     return max(1, ns // 1000)
 
 
+def _quantiles(h: HdrHistogram) -> dict[str, float]:
+    return {
+        "p50": round(h.get_value_at_percentile(50) / 1000, 2),
+        "p99": round(h.get_value_at_percentile(99) / 1000, 2),
+        "count": h.get_total_count(),
+    }
+
+
+def _added(
+    since: int,
+    k_in: list[_Record],
+    k2n: list[Delivery],
+    k_out: list[_Record],
+    n_stored: list[Delivery],
+) -> dict[str, HdrHistogram]:
+    """Broker commit to broker commit, per event created from `since` on. Kafka stamps
+    whole milliseconds: an append at `ms` happened within [ms, ms + 1), so a Kafka source
+    counts from `ms` and a Kafka destination up to `ms + 1`: upper bounds, <= 1 ms high."""
+    appended = {r.pos: r.appended_ms for r in k_in}
+    k2n_h = HdrHistogram(1, 60_000_000, 3)
+    for d in k2n:
+        ms = appended.get(d.headers.get(HDR_KAFKA_POS, ""))
+        if d.event.timestamp >= since and ms is not None:
+            k2n_h.record_value(_us(d.stored_ns - ms * 1_000_000))
+    # The bridge writes "stream/seq"; the events all come from one subject's stream.
+    stored = {d.seq: d.stored_ns for d in n_stored}
+    n2k_h = HdrHistogram(1, 60_000_000, 3)
+    for r in k_out:
+        ns = stored.get(int(r.nats_pos.rsplit("/", 1)[1])) if r.nats_pos else None
+        if r.created_ns >= since and ns is not None:
+            n2k_h.record_value(_us((r.appended_ms + 1) * 1_000_000 - ns))
+    return {"kafka_to_nats": k2n_h, "nats_to_kafka": n2k_h}
+
+
 async def _latency(
-    url: str, bootstrap: str, rate: int, seconds: float, work: Path, tick: float = 0.01
+    url: str,
+    bootstrap: str,
+    rate: int,
+    seconds: float,
+    work: Path,
+    tick: float = 0.01,
+    end_to_end: bool = False,
 ) -> dict[str, Any]:
+    """Both directions at `rate` events/s for `seconds`. The added latency is read from
+    the brokers after the window; with `end_to_end`, readers on both sides also time
+    creation -> receipt during it (they cost CPU on the path being measured)."""
     run = uuid.uuid4().hex[:6].upper()
     k_in, k_out = f"lat-in-{run}", f"lat-out-{run}"
     # The brokers' own clocks mark when each event was committed on either side.
@@ -243,38 +310,43 @@ async def _latency(
         {"message.timestamp.type": "LogAppendTime"},
     )
     await asyncio.to_thread(create_topics, bootstrap, {"bench-dlq": 1})
-    k2n_h = HdrHistogram(1, 60_000_000, 3)
-    k2n_commits: list[tuple[str, int]] = []  # Kafka position, JetStream stored ns
+    k2n_e2e = HdrHistogram(1, 60_000_000, 3)
     ksym, nsym = f"K{run}", f"N{run}"
     # Events created in the first WARMUP seconds are not measured (consumer group joins,
-    # first batches): set once the load starts.
-    since = [2**62]
-    reader = _KafkaReader(bootstrap, k_out)
+    # first batches).
+    since = 2**62
+    reader = _KafkaReader(bootstrap, k_out) if end_to_end else None
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
     stack = contextlib.ExitStack()
-    stack.callback(reader.kill)
     try:
-        await reader.ready()
+        if reader is not None:
+            stack.callback(reader.kill)
+            await reader.ready()
         proc = BridgeProcess(_cfg(bootstrap, f"lat{run}", k_in, k_out, nsym), url, work)
         stack.callback(proc.stop)
         await proc.start()
         async with (
             Mesh.connect(url, service="bench-bridge") as mesh,
-            mesh.subscribe(f"tm.*.*.*.{ksym}.>", start=Start.new(), ack="none") as sub,
+            contextlib.AsyncExitStack() as live,
         ):
             await asyncio.sleep(2.0)  # consumer group joined, partitions assigned
+            rx: asyncio.Task[None] | None = None
+            if end_to_end:
+                sub = await live.enter_async_context(
+                    mesh.subscribe(f"tm.*.*.*.{ksym}.>", start=Start.new(), ack="none")
+                )
 
-            async def recv() -> None:
-                async for d in sub:
-                    if d.event.timestamp >= since[0]:
-                        k2n_h.record_value(_us(time.time_ns() - d.event.timestamp))
-                        k2n_commits.append((d.headers.get(HDR_KAFKA_POS, ""), d.stored_ns))
+                async def recv() -> None:
+                    async for d in sub:
+                        if d.event.timestamp >= since:
+                            k2n_e2e.record_value(_us(time.time_ns() - d.event.timestamp))
 
-            rx = asyncio.create_task(recv())
+                rx = asyncio.create_task(recv())
             per_tick = max(1, round(rate * tick))
             tick = per_tick / rate  # the rate exactly, whatever the rounding
-            since[0] = time.time_ns() + int(WARMUP * 1e9)
-            reader.tell(str(since[0]))
+            since = time.time_ns() + int(WARMUP * 1e9)
+            if reader is not None:
+                reader.tell(str(since))
             t_end = time.monotonic() + seconds + WARMUP
             i = 0
             next_t = time.monotonic()
@@ -288,44 +360,31 @@ async def _latency(
                 next_t += tick
                 await asyncio.sleep(max(0.0, next_t - time.monotonic()))
             await asyncio.to_thread(producer.flush, 10)
-            await asyncio.sleep(2.0)
-            rx.cancel()
+            await _all_bridged(proc, mesh.nc, {"kafka_to_nats": i, "nats_to_kafka": i})
+            if rx is not None:
+                rx.cancel()
             status = await proc.status(mesh.nc)
-            n2k_h, commits = await reader.result()
-            # "stream/seq" -> seq: the events all come from one subject's stream.
-            n2k_commits = [(int(pos.rsplit("/", 1)[1]), ms) for pos, ms in commits]
-            stored: dict[int, int] = {}
-            if n2k_commits:
-                last = max(seq for seq, _ in n2k_commits)
-                stored = await _stored_times(mesh, f"tm.*.*.*.{nsym}.>", last)
+            n2k_e2e = await reader.result() if reader is not None else None
+            k2n = await _stored(mesh, f"tm.*.*.*.{ksym}.>", i)
+            n_stored = await _stored(mesh, f"tm.*.*.*.{nsym}.>", i)
     finally:
         stack.close()
-    appended = await asyncio.to_thread(_append_times, bootstrap, k_in, 4)
-    k2n_added = HdrHistogram(1, 60_000_000, 3)
-    for pos, stored_ns in k2n_commits:
-        if pos in appended:
-            k2n_added.record_value(_us(stored_ns - appended[pos] * 1_000_000))
-    n2k_added = HdrHistogram(1, 60_000_000, 3)
-    for seq, appended_ms in n2k_commits:
-        if seq in stored:
-            # The append happened within [ms, ms + 1): count the end, an upper bound.
-            n2k_added.record_value(_us((appended_ms + 1) * 1_000_000 - stored[seq]))
-
-    def q(h: HdrHistogram) -> dict[str, float]:
-        return {
-            "p50": round(h.get_value_at_percentile(50) / 1000, 2),
-            "p99": round(h.get_value_at_percentile(99) / 1000, 2),
-            "count": h.get_total_count(),
-        }
-
-    return {
-        "added": {"kafka_to_nats": q(k2n_added), "nats_to_kafka": q(n2k_added)},
-        "end_to_end": {"kafka_to_nats": q(k2n_h), "nats_to_kafka": q(n2k_h)},
+    k_in_recs = await asyncio.to_thread(_kafka_records, bootstrap, k_in, 4)
+    k_out_recs = await asyncio.to_thread(_kafka_records, bootstrap, k_out, 4)
+    added = _added(since, k_in_recs, k2n, k_out_recs, n_stored)
+    out: dict[str, Any] = {
+        "added": {d: _quantiles(h) for d, h in added.items()},
         "errors": {
             "kafka_to_nats": status["kafka_to_nats"]["errors"],
             "nats_to_kafka": status["nats_to_kafka"]["errors"],
         },
     }
+    if n2k_e2e is not None:
+        out["end_to_end"] = {
+            "kafka_to_nats": _quantiles(k2n_e2e),
+            "nats_to_kafka": _quantiles(n2k_e2e),
+        }
+    return out
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -346,7 +405,9 @@ async def main(args: argparse.Namespace) -> int:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bb-")))
         k2n, n2k = await _throughput(url, bootstrap, args.events, work)
         print(f"throughput: kafka->nats {k2n:,.0f}/s, nats->kafka {n2k:,.0f}/s", flush=True)
-        lat = await _latency(url, bootstrap, args.rate, args.seconds, work, args.tick_ms / 1000)
+        lat = await _latency(
+            url, bootstrap, args.rate, args.seconds, work, args.tick_ms / 1000, args.end_to_end
+        )
         print(f"latency at {args.rate}/s each way: {json.dumps(lat)}", flush=True)
     print(
         json.dumps(
@@ -354,7 +415,7 @@ async def main(args: argparse.Namespace) -> int:
                 "kafka_to_nats_per_s": round(k2n),
                 "nats_to_kafka_per_s": round(n2k),
                 "added_latency_ms": lat["added"],
-                "end_to_end_ms": lat["end_to_end"],
+                **({"end_to_end_ms": lat["end_to_end"]} if "end_to_end" in lat else {}),
                 "events": args.events,
                 "latency_rate_per_s": args.rate,
                 "latency_tick_ms": args.tick_ms,

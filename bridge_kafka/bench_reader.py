@@ -8,27 +8,21 @@ interpreter and reads only the creation timestamp of each event.
 
 Protocol on stdin/stdout, one line each: the child prints "ready" once its partitions
 are assigned; the parent writes the first creation time (ns) to measure from, later
-"stop"; the child then prints one JSON line and exits: `hist`, creation -> receipt here
-(HdrHistogram's base64 encoding, microseconds), and `commits`, [NATS position, Kafka
-append time (ms)] of each measured record (from the bridge's `tm-nats-pos` header and
-the record's LogAppendTime timestamp), which the parent joins with the time JetStream
-stored each event: the bridge's own broker-to-broker latency.
+"stop"; the child then prints creation -> receipt here (HdrHistogram's base64 encoding,
+microseconds) and exits. Only `mesh bench bridge --end-to-end` runs it: the added
+latency is read from the brokers after the window, with no reader on the path.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 import uuid
-from typing import cast
 
 import msgspec
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer
+from confluent_kafka import Consumer
 from hdrh.histogram import HdrHistogram
-
-from bridge_kafka.mapping import KAFKA_NATS_POS, KafkaHeaders, header
 
 
 class _Stamp(msgspec.Struct):
@@ -38,9 +32,13 @@ class _Stamp(msgspec.Struct):
 _stamp = msgspec.json.Decoder(_Stamp).decode
 
 
+def created_ns(value: bytes | None) -> int:
+    """The creation time of an encoded event, decoding nothing else (0 if absent)."""
+    return _stamp(value or b"{}").timestamp
+
+
 def main(bootstrap: str, topic: str) -> None:
     hist = HdrHistogram(1, 60_000_000, 3)
-    commits: list[tuple[str, int]] = []
     since = [2**62]
     stop = threading.Event()
     assigned = threading.Event()
@@ -77,15 +75,11 @@ def main(bootstrap: str, topic: str) -> None:
             told = True
         for m in msgs:
             if m.error() is None:
-                ts = _stamp(m.value() or b"{}").timestamp
+                ts = created_ns(m.value())
                 if ts >= since[0]:
                     hist.record_value(max(1, (now - ts) // 1000))
-                    kind, appended_ms = m.timestamp()
-                    pos = header(cast(KafkaHeaders | None, m.headers()), KAFKA_NATS_POS)
-                    if kind == TIMESTAMP_LOG_APPEND_TIME and pos:
-                        commits.append((pos, appended_ms))
     c.close()
-    print(json.dumps({"hist": hist.encode().decode(), "commits": commits}), flush=True)
+    print(hist.encode().decode(), flush=True)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,11 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
         default=10.0,
         help="latency phase: the load is sent every tick, rate x tick events at once",
     )
+    bb.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="latency phase: also time creation -> receipt with live readers on both sides",
+    )
     bb.add_argument("--kafka", help="use this Kafka instead of starting one")
     bb.add_argument("--nats", help="use this NATS instead of starting one")
     bb.set_defaults(fn=cmd_bench)
