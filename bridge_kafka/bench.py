@@ -397,6 +397,7 @@ async def main(args: argparse.Namespace) -> int:
             stack.callback(nats.stop)
             await provision.apply_to(nats.url)
             url = nats.url
+        kafka: KafkaBroker | None = None
         if not bootstrap:
             kafka = KafkaBroker(stack.enter_context(tempfile.TemporaryDirectory(prefix="bk-")))
             await kafka.start_ready(timeout=180)
@@ -405,9 +406,12 @@ async def main(args: argparse.Namespace) -> int:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bb-")))
         k2n, n2k = await _throughput(url, bootstrap, args.events, work)
         print(f"throughput: kafka->nats {k2n:,.0f}/s, nats->kafka {n2k:,.0f}/s", flush=True)
+        gc_from = kafka.gc_pauses_ms()[1] if kafka is not None else 0
         lat = await _latency(
             url, bootstrap, args.rate, args.seconds, work, args.tick_ms / 1000, args.end_to_end
         )
+        # The broker's collection pauses during the latency phase (one cause of the tail).
+        gc = kafka.gc_pauses_ms(gc_from)[0] if kafka is not None else None
         print(f"latency at {args.rate}/s each way: {json.dumps(lat)}", flush=True)
     print(
         json.dumps(
@@ -419,6 +423,17 @@ async def main(args: argparse.Namespace) -> int:
                 "events": args.events,
                 "latency_rate_per_s": args.rate,
                 "latency_tick_ms": args.tick_ms,
+                **(
+                    {
+                        "kafka_gc_pauses": {
+                            "count": len(gc),
+                            "max_ms": max(gc, default=0.0),
+                            "sum_ms": round(sum(gc), 1),
+                        }
+                    }
+                    if gc is not None
+                    else {}
+                ),
                 "host_probe_ms": probe,
             }
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -38,6 +39,8 @@ BROKER_MAIN = "kafka.Kafka"
 STORAGE_MAIN = "kafka.tools.StorageTool"
 CONSOLE_PRODUCER_MAIN = "org.apache.kafka.tools.ConsoleProducer"
 CONSOLE_CONSUMER_MAIN = "org.apache.kafka.tools.consumer.ConsoleConsumer"
+# "[12.345s] GC(7) Pause Young (Normal) (G1 Evacuation Pause) 60M->12M(768M) 4.321ms"
+_GC_PAUSE = re.compile(r"GC\(\d+\) Pause .* (\d+(?:\.\d+)?)ms$", re.MULTILINE)
 
 
 def libs_dir(version: str = KAFKA_VERSION) -> Path:
@@ -78,8 +81,15 @@ def fetch(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
-def java_cmd(main: str, *args: str, heap: str = "512m", version: str = KAFKA_VERSION) -> list[str]:
-    """A command line running one of the Kafka jars' main classes."""
+def java_cmd(
+    main: str,
+    *args: str,
+    heap: str = "512m",
+    version: str = KAFKA_VERSION,
+    jvm: tuple[str, ...] = (),
+) -> list[str]:
+    """A command line running one of the Kafka jars' main classes; `jvm`: more JVM
+    options, after the defaults (so they win)."""
     java = shutil.which("java")
     if java is None:
         raise KafkaBrokerError("java not found: Kafka 4 needs Java 17 or newer")
@@ -95,6 +105,7 @@ def java_cmd(main: str, *args: str, heap: str = "512m", version: str = KAFKA_VER
         # fresh and short-lived, which is exactly where C2 never pays back.
         "-XX:TieredStopAtLevel=1",
         *(["-XX:+UseStringDeduplication"] if main == BROKER_MAIN else []),
+        *jvm,
         "-cp",
         f"{libs_dir(version)}/*",
         main,
@@ -131,6 +142,22 @@ class KafkaBroker(ChildProcess):
     @property
     def log_path(self) -> Path:
         return self.data_dir / "broker.log"
+
+    @property
+    def gc_log_path(self) -> Path:
+        return self.data_dir / "gc.log"
+
+    def gc_pauses_ms(self, offset: int = 0) -> tuple[list[float], int]:
+        """The broker JVM's collection pauses (ms) logged from byte `offset` of its GC log
+        on, and the offset to continue from."""
+        try:
+            with self.gc_log_path.open("rb") as f:
+                f.seek(offset)
+                text = f.read()
+        except FileNotFoundError:
+            return [], offset
+        pauses = [float(m.group(1)) for m in _GC_PAUSE.finditer(text.decode(errors="replace"))]
+        return pauses, offset + len(text)
 
     @property
     def properties_path(self) -> Path:
@@ -195,7 +222,25 @@ class KafkaBroker(ChildProcess):
         self.properties_path.write_text(self.render_properties())
         self.format_storage()
         self.spawn(
-            java_cmd(BROKER_MAIN, str(self.properties_path), heap=self.heap, version=self.version),
+            java_cmd(
+                BROKER_MAIN,
+                str(self.properties_path),
+                heap=self.heap,
+                version=self.version,
+                jvm=(
+                    # The whole heap from the start, its pages touched before serving:
+                    # a growing heap kept the young generation small (a collection every
+                    # 2-3 s at 2,000 records/s each way, up to 32 ms), and collecting
+                    # into fresh pages added page faults to each pause. With both, the
+                    # bench's latency phase saw 0-1 collections instead of 4-7, and
+                    # the added p99 fell in three pairs of three (docs/bridge.md).
+                    f"-Xms{self.heap}",
+                    "-XX:+AlwaysPreTouch",
+                    # Every collection's pause, for the latency analysis (docs/bridge.md).
+                    f"-Xlog:gc:file={self.gc_log_path}:uptime",
+                    *os.environ.get("TM_KAFKA_JVM_OPTS", "").split(),
+                ),
+            ),
             self.log_path,
         )
 

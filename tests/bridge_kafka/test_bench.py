@@ -5,6 +5,8 @@ window) is inside the end-to-end time the live readers measured during it."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 from bridge_kafka.bench import _latency
@@ -28,3 +30,19 @@ async def test_added_latency_is_joined_for_every_event_and_within_end_to_end(
         for q in ("p50", "p99"):
             assert added[q] <= e2e[q] + 1.01, (direction, q, lat)
     assert lat["errors"] == {"kafka_to_nats": 0, "nats_to_kafka": 0}
+
+
+def test_broker_gc_pauses_are_read_from_its_gc_log_from_an_offset(kafka: KafkaBroker) -> None:
+    """The bench's `kafka_gc_pauses`: a collection forced in the real broker is read back
+    as one pause, and only what was logged after the offset counts. `jcmd GC.run` returns
+    once the collection is done, and the JVM logs it synchronously before that."""
+    before, offset = kafka.gc_pauses_ms()
+    assert offset > 0  # the JVM logs its collector at start-up
+    assert kafka.proc is not None
+    jcmd = Path(shutil.which("java") or "java").resolve().parent / "jcmd"
+    subprocess.run([str(jcmd), str(kafka.proc.pid), "GC.run"], check=True, capture_output=True)
+    pauses, end = kafka.gc_pauses_ms(offset)
+    assert pauses, "the forced collection was not read"  # a young one may come too
+    assert all(ms > 0 for ms in pauses)
+    assert end > offset
+    assert len(kafka.gc_pauses_ms()[0]) == len(before) + len(pauses)
