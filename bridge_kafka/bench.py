@@ -186,7 +186,7 @@ class _KafkaReader:
             self.proc.wait()
 
 
-class _Record(msgspec.Struct, array_like=True):
+class _Record(msgspec.Struct):
     """One record of a LogAppendTime topic, as the added-latency join needs it."""
 
     pos: str  # "topic/partition/offset"
