@@ -38,6 +38,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from mesh import provision
+from mesh.bench import host
 from mesh.client import Mesh
 from mesh.config import REPO_ROOT
 from mesh.events import Event
@@ -97,15 +98,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a process, seconds (children not included)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ctx_switches(pid: int) -> int:
@@ -316,17 +308,17 @@ max_connections_per_user = 10
             pids = {"gateway": [g.pid for g in gws], "clients": [c.pid for c in clients],
                     "nats": [nats.proc.pid] if nats.proc is not None else [],
                     "publisher": [os.getpid()]}
-            cpu0 = _totals(_cpu_s, pids)
+            cpu0 = _totals(host.cpu_s, pids)
             ctx0 = _totals(_ctx_switches, pids)
 
             def at_t0() -> None:
-                cpu0.update(_totals(_cpu_s, pids))
+                cpu0.update(_totals(host.cpu_s, pids))
                 ctx0.update(_totals(_ctx_switches, pids))
 
             critical_ids = await _publish(mesh, args, t0, t1, at_t0)
             # CPU used in the measured window, in cores: what the gateway and the load
             # generator cost, independent of what else runs on the machine.
-            cpu1, ctx1 = _totals(_cpu_s, pids), _totals(_ctx_switches, pids)
+            cpu1, ctx1 = _totals(host.cpu_s, pids), _totals(_ctx_switches, pids)
             cpu = {k: round((cpu1[k] - cpu0[k]) / args.seconds, 2) for k in pids}
             ctx = {k: round((ctx1[k] - ctx0[k]) / args.seconds) for k in ("gateway", "clients")}
             peak_rss = [_rss_mb(g.pid) for g in gws]

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bridge_kafka.bench import _latency
+from bridge_kafka.bench import _latency, _throughput
 from bridge_kafka.broker import KafkaBroker
 from mesh.server import NatsServer
 
@@ -46,3 +46,15 @@ def test_broker_gc_pauses_are_read_from_its_gc_log_from_an_offset(kafka: KafkaBr
     assert all(ms > 0 for ms in pauses)
     assert end > offset
     assert len(kafka.gc_pauses_ms()[0]) == len(before) + len(pauses)
+
+
+async def test_throughput_phase_reports_rate_and_bridge_cpu_per_event(
+    nats_server: NatsServer, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """Both directions deliver every event and each phase reports events/s and the
+    bridge process's CPU per event (a real bridge process spends some on each)."""
+    # Enough events for the phases to last long enough for CPU clock ticks to count.
+    k2n, n2k = await _throughput(nats_server.url, kafka.bootstrap, 30_000, tmp_path)
+    for phase in (k2n, n2k):
+        assert phase.per_s > 0
+        assert 0 < phase.cpu_us < 1_000_000
