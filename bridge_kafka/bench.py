@@ -47,7 +47,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from bridge_kafka.bench_reader import created_ns
+from bridge_kafka.bench_reader import created_ns, latency_histogram, record_ns
 from bridge_kafka.broker import KafkaBroker, create_topics
 from bridge_kafka.config import BridgeConfig
 from bridge_kafka.errors import BridgeError
@@ -261,10 +261,6 @@ async def _all_bridged(proc: BridgeProcess, nc: Client, sent: dict[str, int]) ->
         await asyncio.sleep(0.1)
 
 
-def _us(ns: int) -> int:
-    return max(1, ns // 1000)
-
-
 def _quantiles(h: HdrHistogram) -> dict[str, float]:
     return {
         "p50": round(h.get_value_at_percentile(50) / 1000, 2),
@@ -284,18 +280,18 @@ def _added(
     whole milliseconds: an append at `ms` happened within [ms, ms + 1), so a Kafka source
     counts from `ms` and a Kafka destination up to `ms + 1`: upper bounds, <= 1 ms high."""
     appended = {r.pos: r.appended_ms for r in k_in}
-    k2n_h = HdrHistogram(1, 60_000_000, 3)
+    k2n_h = latency_histogram()
     for d in k2n:
         ms = appended.get(d.headers.get(HDR_KAFKA_POS, ""))
         if d.event.timestamp >= since and ms is not None:
-            k2n_h.record_value(_us(d.stored_ns - ms * 1_000_000))
+            record_ns(k2n_h, d.stored_ns - ms * 1_000_000)
     # The bridge writes "stream/seq"; the events all come from one subject's stream.
     stored = {d.seq: d.stored_ns for d in n_stored}
-    n2k_h = HdrHistogram(1, 60_000_000, 3)
+    n2k_h = latency_histogram()
     for r in k_out:
         ns = stored.get(int(r.nats_pos.rsplit("/", 1)[1])) if r.nats_pos else None
         if r.created_ns >= since and ns is not None:
-            n2k_h.record_value(_us((r.appended_ms + 1) * 1_000_000 - ns))
+            record_ns(n2k_h, (r.appended_ms + 1) * 1_000_000 - ns)
     return {"kafka_to_nats": k2n_h, "nats_to_kafka": n2k_h}
 
 
@@ -322,15 +318,14 @@ async def _latency(
         {"message.timestamp.type": "LogAppendTime"},
     )
     await asyncio.to_thread(create_topics, bootstrap, {"bench-dlq": 1})
-    k2n_e2e = HdrHistogram(1, 60_000_000, 3)
+    k2n_e2e = latency_histogram()
     ksym, nsym = f"K{run}", f"N{run}"
     # Events created in the first WARMUP seconds are not measured (consumer group joins,
     # first batches).
     since = 2**62
     reader = _KafkaReader(bootstrap, k_out) if end_to_end else None
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-    stack = contextlib.ExitStack()
-    try:
+    with contextlib.ExitStack() as stack:
         if reader is not None:
             stack.callback(reader.kill)
             await reader.ready()
@@ -351,7 +346,7 @@ async def _latency(
                 async def recv() -> None:
                     async for d in sub:
                         if d.event.timestamp >= since:
-                            k2n_e2e.record_value(_us(time.time_ns() - d.event.timestamp))
+                            record_ns(k2n_e2e, time.time_ns() - d.event.timestamp)
 
                 rx = asyncio.create_task(recv())
             per_tick = max(1, round(rate * tick))
@@ -379,8 +374,6 @@ async def _latency(
             n2k_e2e = await reader.result() if reader is not None else None
             k2n = await _stored(mesh, f"tm.*.*.*.{ksym}.>", i)
             n_stored = await _stored(mesh, f"tm.*.*.*.{nsym}.>", i)
-    finally:
-        stack.close()
     k_in_recs = await asyncio.to_thread(_kafka_records, bootstrap, k_in, 4)
     k_out_recs = await asyncio.to_thread(_kafka_records, bootstrap, k_out, 4)
     added = _added(since, k_in_recs, k2n, k_out_recs, n_stored)
