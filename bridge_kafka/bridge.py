@@ -128,6 +128,8 @@ class Bridge(AsyncResource):
             self.metrics.nats_up = self.mesh.nc.is_connected
             self.metrics.tick()
             if self.outbound is not None:
+                # a hold that ended, with no delivery report since to trigger the ack
+                await self.outbound.flush_acks()
                 try:
                     self.metrics.nats_to_kafka.lag = await self.outbound.lag()
                 except Exception as e:  # NATS down: lag unknown, health says why
@@ -156,4 +158,8 @@ class Bridge(AsyncResource):
             await self.outbound.close()
         if self.producer is not None:
             await self.producer.close()
+        if self.outbound is not None:
+            # what Kafka confirmed while closing: acked now, not redelivered to the next run
+            with contextlib.suppress(Exception):
+                await self.outbound.flush_acks()
         self._closed.set()

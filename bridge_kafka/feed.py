@@ -10,6 +10,10 @@ message handler (`Subscription.handler`, the core's extension point): it reads o
 fields a record needs (`_Fields`, the rest of the JSON is skipped by the decoder, not
 built) and queues raw deliveries per priority.
 The whole `Event` is decoded only when one is needed (the dead-letter path).
+
+With `ack="all"` (the bridge's), a stored message that is not an event cannot be TERMed
+(a TERM is an ack, and would ack every earlier delivery of its stream): it is handed out
+like the others with `malformed` set, for the caller to dead-letter and count as done.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from mesh import events as ev
 from mesh import tracing, wire
 from mesh.catalog import Priority
 from mesh.events import Event
-from mesh.subscriber import ACK_FRAME, Subscription, ack_info, answer_control, term_malformed
+from mesh.subscriber import ACK_FRAME, Subscription, ack_seqs, answer_control, term_malformed
 
 log = logging.getLogger("bridge_kafka")
 
@@ -44,6 +48,8 @@ class _Fields(msgspec.Struct):
 
 
 _decode_fields = msgspec.json.Decoder(_Fields).decode
+# What a message that is not an event carries instead of its fields.
+_NO_FIELDS = _Fields(event_id="", event_type="", correlation_id="")
 
 
 class Passed:
@@ -57,8 +63,11 @@ class Passed:
         "_span",
         "_subject",
         "data",
+        "dseq",
         "fields",
+        "malformed",
         "raw_headers",
+        "seq",
         "stream",
     )
 
@@ -71,6 +80,7 @@ class Passed:
         data: bytes,
         fields: _Fields,
         stream: str,
+        malformed: str | None = None,
     ) -> None:
         self._nc = nc
         self._subject = subject
@@ -80,13 +90,11 @@ class Passed:
         self.data = data
         self.fields = fields
         self.stream = stream
+        self.malformed = malformed  # why the stored bytes are not an event
+        # stream and consumer delivery sequences (from the ack subject)
+        self.seq, self.dseq = ack_seqs(reply) if reply else (0, 0)
         self._event: Event | None = None
         self._headers: dict[str, str] | None = None
-
-    @property
-    def seq(self) -> int:
-        """Stream sequence (from the ack subject, read on use)."""
-        return ack_info(self._reply)[0] if self._reply else 0
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -143,6 +151,7 @@ class PassThrough(Subscription):
         queue = self._queues[priority.rank]
         decode = _decode_fields
         ready = self._ready
+        pass_malformed = self.opts.ack == "all"
 
         def on_msg(
             subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -153,7 +162,12 @@ class PassThrough(Subscription):
                 fields = decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 self.malformed += 1
-                return term_malformed(nc, subject, reply, e)
+                if not pass_malformed:
+                    return term_malformed(nc, subject, reply, e)
+                queue.append(Passed(nc, subject, reply, headers, data, _NO_FIELDS, stream, str(e)))
+                self._waiting += 1
+                ready.set()
+                return None
             queue.append(Passed(nc, subject, reply, headers, data, fields, stream))
             self._waiting += 1
             ready.set()

@@ -1,10 +1,12 @@
 """NATS -> Kafka.
 
-One durable JetStream consumer per rule (it resumes after the last acked event when the
-bridge restarts). Each delivery is produced to Kafka by the idempotent producer (acks=all)
-and acked to JetStream only when Kafka's delivery report says it is stored. A redelivery
-of an event still in flight to Kafka is not produced again; the ack goes to its newest
-delivery instead. Events that came from Kafka (origin header) are acked and not sent back.
+One durable JetStream consumer per rule and priority stream (it resumes after the last
+acked event when the bridge restarts). Each delivery is produced to Kafka by the
+idempotent producer (acks=all) and counts as done only when Kafka's delivery report says
+it is stored. The consumers ack with AckAll: one ack per batch covers every done delivery
+before it, and never one that is not done (`ackfloor.AckFloor`). A redelivery of an event
+in flight to Kafka, or done but not yet acked, is not produced again. Events that came
+from Kafka (origin header) are done at once and never sent back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from bridge_kafka import mapping
+from bridge_kafka.ackfloor import AckFloor, Seen, hold_seconds
 from bridge_kafka.config import BridgeConfig, OutboundRule
 from bridge_kafka.feed import Passed, PassThrough
 from bridge_kafka.kafka_io import ProducerThread
@@ -31,12 +34,14 @@ DLQ_STREAM = "TM_BRIDGE_DLQ"
 
 
 class _Pending:
-    __slots__ = ("delivery", "event_id", "rule")
+    """A record in flight to Kafka: the delivery it came from and that delivery's floor."""
 
-    def __init__(self, event_id: str, delivery: Passed, rule: OutboundRule) -> None:
-        self.event_id = event_id
+    __slots__ = ("delivery", "floor", "seq")
+
+    def __init__(self, floor: AckFloor, delivery: Passed) -> None:
+        self.floor = floor
         self.delivery = delivery
-        self.rule = rule
+        self.seq = delivery.seq
 
 
 class Outbound:
@@ -48,11 +53,11 @@ class Outbound:
         self.producer = producer
         self.metrics = metrics
         self.d = metrics.nats_to_kafka
-        self._inflight: dict[str, _Pending] = {}
         self._subs: list[PassThrough] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._acks: list[Passed] = []
-        self._consumers: list[tuple[str, str]] = []
+        # One per consumer (rule, stream): JetStream acks are per consumer.
+        self._floors: dict[tuple[int, str], AckFloor] = {}
+        self._reconnects = mesh.nc.stats["reconnects"]
 
     async def start(self) -> None:
         await ensure_dlq_stream(self.mesh, self.cfg.dlq_subject)
@@ -66,94 +71,120 @@ class Outbound:
                 # redeliveries of events still in flight to Kafka (a slow or absent
                 # broker) are absorbed in _deliver_now, not produced twice.
                 ack_wait=self.cfg.ack_wait,
+                ack="all",
             )
             sub = PassThrough(self.mesh, list(rule.filters), opts)
             await sub.start()
             self._subs.append(sub)
-            self._tasks.append(asyncio.create_task(self._run(sub, rule), name="bridge-out"))
+            floors: dict[str, AckFloor] = {}
+            for stream, _name in sub.consumers:
+                floor = floors[stream] = self._floors[(i, stream)] = AckFloor(self._hold_s)
+                if sub.unacked_at_start.get(stream):
+                    floor.hold()  # a previous process's deliveries come back after ack_wait
+            self._tasks.append(asyncio.create_task(self._run(sub, rule, floors), name="bridge-out"))
 
-    async def _run(self, sub: PassThrough, rule: OutboundRule) -> None:
+    @property
+    def _hold_s(self) -> float:
+        return hold_seconds(self.cfg.ack_wait)
+
+    async def _run(self, sub: PassThrough, rule: OutboundRule, floors: dict[str, AckFloor]) -> None:
         while True:
             batch = await sub.take(1024)
             self.d.received += len(batch)
-            loops = []
             deliver_now = self._deliver_now
+            skipped = 0
             for d in batch:
-                if mapping.nats_came_from_kafka(d):
-                    loops.append(d)  # it came from Kafka: never sent back there
-                elif not deliver_now(d, rule):
-                    await self._deliver_later(d, rule)
-            if loops:
-                self.d.skipped_loop += len(loops)
-                await ack_many(loops)
+                floor = floors[d.stream]
+                if floor.seen(d) is not Seen.NEW:
+                    continue  # a redelivery: the newest delivery is what gets acked
+                if d.malformed is not None:
+                    await self._dead_letter(floor, d, "not an event", d.malformed)
+                elif mapping.nats_came_from_kafka(d):
+                    floor.done(d.seq)  # it came from Kafka: never sent back there
+                    skipped += 1
+                elif not deliver_now(floor, d, rule):
+                    await self._deliver_later(floor, d, rule)
+            if skipped:
+                self.d.skipped_loop += skipped
+                await self.flush_acks()
 
-    def _deliver_now(self, d: Passed, rule: OutboundRule) -> bool:
+    def _deliver_now(self, floor: AckFloor, d: Passed, rule: OutboundRule) -> bool:
         """The common case without a coroutine per event: True when done; False when it
         needs waiting (dead letter, a full producer queue), which `_deliver_later` does."""
-        eid = d.fields.event_id
-        pending = self._inflight.get(eid)
-        if pending is not None:
-            pending.delivery = d  # ack the newest delivery once Kafka confirms
-            return True
         key, value, headers = mapping.nats_to_kafka(rule, d)
         if len(value) > self.cfg.max_record_bytes:
             return False
-        return self._produce(_Pending(eid, d, rule), key, value, headers)
+        return self._produce(rule, _Pending(floor, d), key, value, headers)
 
     def _produce(
-        self, p: _Pending, key: bytes | None, value: bytes, headers: mapping.KafkaHeaders
+        self,
+        rule: OutboundRule,
+        p: _Pending,
+        key: bytes | None,
+        value: bytes,
+        headers: mapping.KafkaHeaders,
     ) -> bool:
         """False when librdkafka's queue is full (Kafka is slow)."""
         try:
-            self.producer.produce(p.rule.topic, key, value, headers, p)
+            self.producer.produce(rule.topic, key, value, headers, p)
         except BufferError:
             return False
-        self._inflight[p.event_id] = p
         return True
 
-    async def _deliver_later(self, d: Passed, rule: OutboundRule) -> None:
+    async def _deliver_later(self, floor: AckFloor, d: Passed, rule: OutboundRule) -> None:
         """What `_deliver_now` could not finish, right after it (nothing ran between):
         a record too large for Kafka goes to the dead letters, a full queue is waited out."""
         key, value, headers = mapping.nats_to_kafka(rule, d)
         if len(value) > self.cfg.max_record_bytes:
-            await self._dead_letter(d, "too large", f"{len(value)} > {self.cfg.max_record_bytes}")
+            detail = f"{len(value)} > {self.cfg.max_record_bytes}"
+            await self._dead_letter(floor, d, "too large", detail)
             return
-        p = _Pending(d.fields.event_id, d, rule)
+        p = _Pending(floor, d)
         # librdkafka announces no room in its queue: try again shortly
-        while not self._produce(p, key, value, headers):  # noqa: ASYNC110
+        while not self._produce(rule, p, key, value, headers):  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
     def on_report(self, p: _Pending, err: KafkaError | None) -> None:
         """Kafka's delivery report for one record (on the loop)."""
         if err is None:
-            self._inflight.pop(p.event_id, None)
+            p.floor.done(p.seq)
             self.d.delivered += 1
             self.metrics.kafka_up = True
-            self._acks.append(p.delivery)
             return
         # With message.timeout.ms=0 only permanent errors get here (record too large for
         # the broker, topic authorization...): retrying cannot help, dead-letter it.
-        self._inflight.pop(p.event_id, None)
         self.d.error(err.str())
-        task = asyncio.ensure_future(self._dead_letter(p.delivery, "kafka refused", err.str()))
+        task = asyncio.ensure_future(
+            self._dead_letter(p.floor, p.delivery, "kafka refused", err.str())
+        )
         self._tasks.append(task)
 
     async def flush_acks(self) -> None:
-        """All acks confirmed since the last call, written as one burst and one flush."""
-        acks, self._acks = self._acks, []
+        """One AckAll per consumer for what is done since the last call, written as one
+        burst and one flush; none while a floor holds (a connection was lost: held
+        here too, since a lost delivery shows no gap until the next one arrives)."""
+        nc = self.mesh.nc
+        if nc.stats["reconnects"] != self._reconnects or not nc.is_connected:
+            self._reconnects = nc.stats["reconnects"]
+            for floor in self._floors.values():
+                floor.hold()
+            return
+        acks = [t for f in self._floors.values() if (t := f.ack_target()) is not None]
         if acks:
             await ack_many(acks)
 
-    async def _dead_letter(self, d: Passed, reason: str, detail: str) -> None:
+    async def _dead_letter(self, floor: AckFloor, d: Passed, reason: str, detail: str) -> None:
         subject = f"{self.cfg.dlq_subject}.{self.cfg.name}"
+        msg_id = d.fields.event_id or f"{d.stream}-{d.seq}"  # a malformed one has no id
         hdr = (
-            f"NATS/1.0\r\nNats-Msg-Id: dlq-{d.fields.event_id}\r\n"
+            f"NATS/1.0\r\nNats-Msg-Id: dlq-{msg_id}\r\n"
             f"Tm-Dlq-Reason: {reason}\r\nTm-Dlq-Detail: {detail[:300]}\r\n"
             f"Tm-Dlq-Source: {d.stream}/{d.seq}\r\nTm-Dlq-At: {time.time_ns()}\r\n\r\n"
         ).encode()
         await self.mesh.publisher.publish_many([(subject, hdr, d.data)])  # as stored
         self.d.dlq += 1
-        await d.ack()
+        floor.done(d.seq)
+        await self.flush_acks()
 
     async def lag(self) -> dict[str, int]:
         """Events not yet delivered to the bridge, per JetStream consumer."""
@@ -173,7 +204,7 @@ class Outbound:
         return out
 
     def inflight(self) -> int:
-        return len(self._inflight)
+        return sum(f.in_flight() for f in self._floors.values())
 
     async def close(self) -> None:
         for t in self._tasks:

@@ -119,7 +119,10 @@ class SubscriptionOptions:
     durable: str | None = None
     start: Start = field(default_factory=Start.new)
     where: flt.Filter | str | None = None
-    ack: Literal["explicit", "none"] = "explicit"
+    # "all": acking one delivery acks every earlier one of its stream (one ack per
+    # batch instead of one per event: half the server's CPU per event). Only for a
+    # subscriber that tracks which deliveries are done (the Kafka bridge's ack floor).
+    ack: Literal["explicit", "none", "all"] = "explicit"
     max_ack_pending: int = 1024
     ack_wait: float = 30.0
     burst: int = 64
@@ -260,6 +263,13 @@ def _ack_tokens(reply: bytes) -> tuple[list[bytes], int]:
     return t, 2 if len(t) == 9 else 4
 
 
+def ack_seqs(reply: bytes) -> tuple[int, int]:
+    """(stream sequence, consumer delivery sequence) from a JetStream ack subject. The
+    delivery sequence counts every delivery of the consumer, redeliveries included."""
+    t, s = _ack_tokens(reply)
+    return int(t[s + 3]), int(t[s + 4])
+
+
 def ack_info(reply: bytes) -> tuple[int, int]:
     """(stream sequence, delivery count) from a JetStream ack subject."""
     t, s = _ack_tokens(reply)
@@ -337,6 +347,9 @@ class Subscription(AsyncResource):
         self._lanes: PriorityLanes[Delivery] = PriorityLanes(opts.burst)
         self._routes: list[wire.Route] = []
         self._consumers: list[tuple[str, str, bool]] = []  # stream, consumer, durable
+        # Per stream: deliveries a durable consumer still had unacked when this
+        # subscription bound to it (a previous process's), redelivered after ack_wait.
+        self.unacked_at_start: dict[str, int] = {}
         self._closers: list[Callable[[Subscription], None]] = []
         self._closed = False
         self.stats = SubscriptionStats()
@@ -378,7 +391,7 @@ class Subscription(AsyncResource):
                 else {"filter_subjects": filters}
             ),
         }
-        if self.opts.ack == "explicit":
+        if self.opts.ack != "none":
             config["max_ack_pending"] = self.opts.max_ack_pending
         if name is None:
             deliver = nc.new_inbox()
@@ -402,6 +415,15 @@ class Subscription(AsyncResource):
         try:
             info = await jsapi.call(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}")
             existing = info["config"]
+            if existing.get("ack_policy", "explicit") != self.opts.ack:
+                # JetStream cannot change a consumer's ack policy, and acking with the
+                # wrong one would ack too much or too little.
+                raise MeshError(
+                    f"durable consumer {name} on {stream} acks {existing.get('ack_policy')!r}"
+                    f" but this subscriber acks {self.opts.ack!r}: delete the consumer"
+                    f" (its position is lost) or use another durable name"
+                )
+            self.unacked_at_start[stream] = int(info.get("num_ack_pending", 0))
             config |= {
                 k: existing[k]
                 for k in ("deliver_policy", "opt_start_seq", "opt_start_time")
@@ -420,6 +442,11 @@ class Subscription(AsyncResource):
         )
         self._consumers.append((stream, name, True))
         return deliver
+
+    @property
+    def consumers(self) -> list[tuple[str, str]]:
+        """(stream, consumer name) of each JetStream consumer this subscription reads."""
+        return [(stream, name) for stream, name, _ in self._consumers]
 
     def handler(self, priority: Priority, stream: str) -> wire.RawHandler:
         """What each message of `stream`'s consumer goes through: decoded, filtered,
