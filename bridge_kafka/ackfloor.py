@@ -36,14 +36,6 @@ class Seen(enum.Enum):
     DONE = "done"  # a redelivery of work done but not acked yet
 
 
-class _Entry:
-    __slots__ = ("delivery", "done")
-
-    def __init__(self, delivery: Passed, done: bool) -> None:
-        self.delivery = delivery
-        self.done = done
-
-
 def hold_seconds(ack_wait: float) -> float:
     """How long after an unseen delivery became possible every such delivery has been
     redelivered: the server redelivers `ack_wait` after delivering; the margin covers
@@ -51,12 +43,20 @@ def hold_seconds(ack_wait: float) -> float:
     return ack_wait * 1.5 + 1.0
 
 
+# The hot path returns these without an attribute lookup on the enum class.
+NEW, IN_FLIGHT, DONE = Seen.NEW, Seen.IN_FLIGHT, Seen.DONE
+
+
 class AckFloor:
+    """The known, not yet acked deliveries of one consumer. Kept lean: every bridged
+    event passes `seen` and `done` once, and the ack walk once."""
+
     def __init__(self, hold_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._hold_s = hold_s
         self._clock = clock
         self._order: collections.deque[int] = collections.deque()  # stream seqs, ascending
-        self._entries: dict[int, _Entry] = {}
+        self._newest: dict[int, Passed] = {}  # stream seq -> its newest delivery
+        self._done: set[int] = set()
         self._acked_seq = 0  # the stream sequence of the last ack sent
         self._acked_dseq = 0  # ...and its delivery sequence
         self._last_dseq = 0  # the highest delivery sequence seen
@@ -70,55 +70,56 @@ class AckFloor:
 
     def seen(self, d: Passed) -> Seen:
         """A delivery arrived: remember it (the newest delivery of a message wins)."""
-        if self._last_dseq and d.dseq > self._last_dseq + 1:
-            self.hold()  # deliveries in between never arrived (a dropped connection)
-        self._last_dseq = max(self._last_dseq, d.dseq)
-        entry = self._entries.get(d.seq)
-        if entry is not None:
-            entry.delivery = d
-            return Seen.DONE if entry.done else Seen.IN_FLIGHT
-        if d.seq <= self._acked_seq:
+        dseq, last = d.dseq, self._last_dseq
+        if dseq > last:
+            if last and dseq != last + 1:
+                self.hold()  # deliveries in between never arrived (a dropped connection)
+            self._last_dseq = dseq
+        seq = d.seq
+        newest = self._newest
+        if seq in newest:
+            newest[seq] = d
+            return DONE if seq in self._done else IN_FLIGHT
+        newest[seq] = d
+        order = self._order
+        if not order or seq > order[-1]:
+            order.append(seq)
+        else:  # a redelivery of something never seen: rare, only after a hold
+            bisect.insort(order, seq)
+        if seq <= self._acked_seq:
             # Acked already, yet redelivered: that ack was lost with a connection. It was
             # done before it was acked; ack it again.
-            self._insert(d, done=True)
-            return Seen.DONE
-        self._insert(d, done=False)
-        return Seen.NEW
-
-    def _insert(self, d: Passed, done: bool) -> None:
-        self._entries[d.seq] = _Entry(d, done)
-        if not self._order or d.seq > self._order[-1]:
-            self._order.append(d.seq)
-        else:  # a redelivery of something never seen: rare, only after a hold
-            bisect.insort(self._order, d.seq)
+            self._done.add(seq)
+            return DONE
+        return NEW
 
     def done(self, seq: int) -> None:
-        entry = self._entries.get(seq)
-        if entry is not None:
-            entry.done = True
+        if seq in self._newest:
+            self._done.add(seq)
 
     def ack_target(self) -> Passed | None:
         """The delivery to ack (AckAll) now, if any; forgets everything it covers."""
-        if self._clock() < self._hold_until:
+        if not self._done or self._clock() < self._hold_until:
             return None
+        order, newest, done = self._order, self._newest, self._done
+        acked_dseq = self._acked_dseq
         target = -1
-        order, entries = self._order, self._entries
         for i, seq in enumerate(order):
-            entry = entries[seq]
-            if not entry.done:
+            if seq not in done:
                 break
-            if entry.delivery.dseq > self._acked_dseq:
+            if newest[seq].dseq > acked_dseq:
                 target = i
         if target < 0:
             return None
-        for _ in range(target):
-            del entries[order.popleft()]
-        last = entries.pop(order.popleft()).delivery
+        for _ in range(target + 1):
+            seq = order.popleft()
+            last = newest.pop(seq)
+            done.discard(seq)
         self._acked_seq, self._acked_dseq = last.seq, last.dseq
         return last
 
     def in_flight(self) -> int:
-        return sum(1 for e in self._entries.values() if not e.done)
+        return len(self._newest) - len(self._done)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._newest)

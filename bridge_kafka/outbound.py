@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from bridge_kafka import mapping
-from bridge_kafka.ackfloor import AckFloor, Seen, hold_seconds
+from bridge_kafka.ackfloor import NEW, AckFloor, hold_seconds
 from bridge_kafka.config import BridgeConfig, OutboundRule
 from bridge_kafka.feed import Passed, PassThrough
 from bridge_kafka.kafka_io import ProducerThread
@@ -95,7 +95,7 @@ class Outbound:
             skipped = 0
             for d in batch:
                 floor = floors[d.stream]
-                if floor.seen(d) is not Seen.NEW:
+                if floor.seen(d) is not NEW:
                     continue  # a redelivery: the newest delivery is what gets acked
                 if d.malformed is not None:
                     await self._dead_letter(floor, d, "not an event", d.malformed)

@@ -8,6 +8,7 @@ import pytest
 from mesh import jsapi
 from mesh.catalog import Priority
 from mesh.client import Mesh
+from mesh.errors import MeshError
 from mesh.events import Event, encode
 from mesh.subscriber import Interest, Start, ack_info, ack_many, stored_ns
 from mesh.transforms import Transforms
@@ -36,6 +37,23 @@ async def test_durable_consumer_resumes_after_the_last_ack(mesh: Mesh, tag: str)
             got.append(d.event.payload["i"])
             await d.ack()
     assert got == list(range(5, 15))
+
+
+async def test_a_durable_consumer_reopened_with_another_ack_policy_is_refused(
+    mesh: Mesh, tag: str
+) -> None:
+    """JetStream cannot change it, and acking by the wrong policy acks too much or too
+    little: a clear error, and the consumer left as it was."""
+    await mesh.publish_many(orders(tag, 3))
+    durable = f"p{tag}"
+    async with mesh.subscribe(Interest(account=tag), durable=durable, start=Start.all()) as sub:
+        await (await sub.next(timeout=10)).ack_sync()
+    with pytest.raises(MeshError, match="acks 'explicit' but this subscriber acks 'all'"):
+        async with mesh.subscribe(Interest(account=tag), durable=durable, ack="all"):
+            pass
+    info = await jsapi.call(mesh.nc, f"$JS.API.CONSUMER.INFO.TM_HIGH.{durable}-high")
+    assert info["config"]["ack_policy"] == "explicit"
+    assert info["ack_floor"]["stream_seq"] > 0  # its position kept
 
 
 async def test_start_at_a_sequence_or_a_time(mesh: Mesh, tag: str) -> None:

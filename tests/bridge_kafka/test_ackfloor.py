@@ -3,6 +3,8 @@ that covers a delivery that is not done, none while deliveries may exist unseen.
 
 from __future__ import annotations
 
+import base64
+
 import msgspec
 
 from bridge_kafka import mapping
@@ -156,3 +158,33 @@ async def test_a_done_event_after_one_in_flight_is_not_acked_before_it(
         assert info["ack_floor"]["consumer_seq"] == 1  # the first looped event only
         assert info["num_ack_pending"] == 2  # the in-flight one and the one after it
         assert bridge.outbound.inflight() == 1
+
+
+async def test_a_stored_message_that_is_not_an_event_is_dead_lettered_and_acked(
+    nats_server: NatsServer, mesh: Mesh, tag: str
+) -> None:
+    """With AckAll a TERM would ack everything before it: the bridge dead-letters the
+    message on its NATS DLQ subject instead, and the ack covers it and what follows."""
+    cfg = _config(tag)
+    async with Mesh.connect(nats_server.url, service="bridge") as bm, Bridge(cfg, bm) as bridge:
+        # not an event at all, published straight into the stream past the mesh API
+        await mesh.nc.request(f"tm.high.market.PRICE_UPDATE.{tag}._", b"{not json", timeout=5)
+        await mesh.publisher.publish_many([_from_kafka(mesh, tag, 1)])
+        m = bridge.metrics.nats_to_kafka
+        await eventually(lambda: m.received == 2 and m.dlq == 1, 10, "both handled")
+        name = f"{cfg.durable}-0-high"
+        info = await settled(
+            lambda: jsapi.call(mesh.nc, f"$JS.API.CONSUMER.INFO.TM_HIGH.{name}"),
+            lambda i: i["num_ack_pending"] == 0,
+        )
+        assert info["num_ack_pending"] == 0
+        assert info["num_redelivered"] == 0
+    got = await jsapi.call(
+        mesh.nc,
+        "$JS.API.STREAM.MSG.GET.TM_BRIDGE_DLQ",
+        {"last_by_subj": f"{cfg.dlq_subject}.{cfg.name}"},
+    )
+    msg = got["message"]
+    assert base64.b64decode(msg["data"]) == b"{not json"  # as stored
+    headers = base64.b64decode(msg["hdrs"]).decode()
+    assert "Tm-Dlq-Reason: not an event" in headers
