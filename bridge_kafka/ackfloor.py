@@ -68,6 +68,14 @@ class AckFloor:
         self._hold_until = max(self._hold_until, self._clock() + self._hold_s)
         self.holds += 1
 
+    def reconnected(self) -> None:
+        """The connection was lost and is back: deliveries may have been lost with it,
+        and the server may be a restarted one whose delivery sequences restart from its
+        last saved state (lower than the ones seen here). Hold, and take its word anew."""
+        self.hold()
+        self._last_dseq = 0
+        self._acked_dseq = 0
+
     def seen(self, d: Passed) -> Seen:
         """A delivery arrived: remember it (the newest delivery of a message wins)."""
         dseq, last = d.dseq, self._last_dseq

@@ -167,7 +167,7 @@ class Outbound:
         if nc.stats["reconnects"] != self._reconnects or not nc.is_connected:
             self._reconnects = nc.stats["reconnects"]
             for floor in self._floors.values():
-                floor.hold()
+                floor.reconnected()
             return
         acks = [t for f in self._floors.values() if (t := f.ack_target()) is not None]
         if acks:

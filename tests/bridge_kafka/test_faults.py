@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
+import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +184,44 @@ async def test_health_names_nats_when_nats_is_down(
         await fresh_server.wait_ready()
         await eventually(lambda: m.nats_up, 30, "health to see NATS back")
         assert (await bridge.status())["health"]["status"] == "ok"
+
+
+def _unread(transport: Any) -> int:
+    """Bytes waiting in the socket's receive buffer (FIONREAD)."""
+    buf = fcntl.ioctl(transport.get_extra_info("socket").fileno(), termios.FIONREAD, b"\0" * 4)
+    return int.from_bytes(buf, sys.byteorder)
+
+
+@pytest.mark.slow
+async def test_connection_dropped_mid_flow_nats_to_kafka_loses_nothing(
+    nats_server: NatsServer, kafka: KafkaBroker, topics: dict[str, str], tag: str
+) -> None:
+    """The bridge's NATS connection is cut while a backlog streams in (the server stays
+    up): what was on the wire is lost, and JetStream redelivers it after ack_wait. The
+    bridge's AckAll must not ack past those meanwhile, though later events flow and are
+    confirmed: after the reconnect its acks wait (the floors hold) until they are back."""
+    # Fewer in flight than the cut loses plus what follows it, so that new deliveries
+    # (and acks) come after the reconnect while the lost ones wait for their redelivery.
+    cfg = bridge_config(kafka, topics, tag, ack_wait=2.0, inbound=[], max_inflight_out=2000)
+    events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(30_000)]
+    async with Mesh.connect(nats_server.url, service="tests") as mesh:
+        await mesh.publish_many(events)
+        async with (
+            Mesh.connect(nats_server.url, service="bridge") as bm,
+            Bridge(cfg, bm) as bridge,
+        ):
+            m = bridge.metrics.nats_to_kafka
+            await eventually(lambda: m.received > 2000, 30, "events to flow")
+            # Stop reading, so the server's next deliveries pile up unread in the socket,
+            # then cut it from the client side, unread bytes and all (the server stays up
+            # and keeps them as delivered).
+            sock = bm.nc._transport._io_writer.transport  # type: ignore[union-attr]
+            sock.pause_reading()
+            await eventually(lambda: _unread(sock) > 20_000, 10, "deliveries left unread")
+            sock.abort()
+            want = {e.event_id for e in events}
+            records = await asyncio.to_thread(read_until_ids, kafka.bootstrap, topics["out"], want)
+            assert {decode(r.value()).event_id for r in records} == want
+            assert bridge.outbound is not None
+            assert any(f.holds for f in bridge.outbound._floors.values())
+            assert m.received > len(events)  # redeliveries: the cut did lose deliveries
