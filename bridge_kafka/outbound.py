@@ -36,12 +36,11 @@ DLQ_STREAM = "TM_BRIDGE_DLQ"
 class _Pending:
     """A record in flight to Kafka: the delivery it came from and that delivery's floor."""
 
-    __slots__ = ("delivery", "floor", "seq")
+    __slots__ = ("delivery", "floor")
 
     def __init__(self, floor: AckFloor, delivery: Passed) -> None:
         self.floor = floor
         self.delivery = delivery
-        self.seq = delivery.seq
 
 
 class Outbound:
@@ -58,6 +57,7 @@ class Outbound:
         # One per consumer (rule, stream): JetStream acks are per consumer.
         self._floors: dict[tuple[int, str], AckFloor] = {}
         self._reconnects = mesh.nc.stats["reconnects"]
+        self._hold_s = hold_seconds(cfg.ack_wait)
 
     async def start(self) -> None:
         await ensure_dlq_stream(self.mesh, self.cfg.dlq_subject)
@@ -69,7 +69,7 @@ class Outbound:
                 max_ack_pending=self.cfg.max_inflight_out,
                 # Short, so a restarted bridge gets a crashed one's unacked events soon;
                 # redeliveries of events still in flight to Kafka (a slow or absent
-                # broker) are absorbed in _deliver_now, not produced twice.
+                # broker) are recognised by the ack floor, not produced twice.
                 ack_wait=self.cfg.ack_wait,
                 ack="all",
             )
@@ -82,10 +82,6 @@ class Outbound:
                 if sub.unacked_at_start.get(stream):
                     floor.hold()  # a previous process's deliveries come back after ack_wait
             self._tasks.append(asyncio.create_task(self._run(sub, rule, floors), name="bridge-out"))
-
-    @property
-    def _hold_s(self) -> float:
-        return hold_seconds(self.cfg.ack_wait)
 
     async def _run(self, sub: PassThrough, rule: OutboundRule, floors: dict[str, AckFloor]) -> None:
         while True:
@@ -147,7 +143,7 @@ class Outbound:
     def on_report(self, p: _Pending, err: KafkaError | None) -> None:
         """Kafka's delivery report for one record (on the loop)."""
         if err is None:
-            p.floor.done(p.seq)
+            p.floor.done(p.delivery.seq)
             self.d.delivered += 1
             self.metrics.kafka_up = True
             return
