@@ -118,6 +118,7 @@ class Bridge(AsyncResource):
         out["name"] = self.cfg.name
         if self.outbound is not None:
             out["nats_to_kafka"]["inflight"] = self.outbound.inflight()
+            out["nats_to_kafka"]["ack_holds"] = self.outbound.ack_holds()
         if self.producer is not None:
             out["nats_to_kafka"]["producer_queue"] = self.producer.in_queue()
         return out

@@ -202,6 +202,10 @@ class Outbound:
     def inflight(self) -> int:
         return sum(f.in_flight() for f in self._floors.values())
 
+    def ack_holds(self) -> int:
+        """How often acks were held for deliveries the bridge may not have seen."""
+        return sum(f.holds for f in self._floors.values())
+
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
