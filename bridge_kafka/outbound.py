@@ -160,7 +160,9 @@ class Outbound:
         burst and one flush; none while a floor holds (a connection was lost: held
         here too, since a lost delivery shows no gap until the next one arrives)."""
         nc = self.mesh.nc
-        if nc.stats["reconnects"] != self._reconnects or not nc.is_connected:
+        if not nc.is_connected:
+            return  # an ack written now would go out after the reconnect, unchecked
+        if nc.stats["reconnects"] != self._reconnects:
             self._reconnects = nc.stats["reconnects"]
             for floor in self._floors.values():
                 floor.reconnected()
