@@ -158,17 +158,15 @@ class PassThrough(Subscription):
         ) -> Awaitable[None] | None:
             if not data:
                 return answer_control(nc, reply, headers)
+            malformed = None
             try:
                 fields = decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 self.malformed += 1
                 if not pass_malformed:
                     return term_malformed(nc, subject, reply, e)
-                queue.append(Passed(nc, subject, reply, headers, data, _NO_FIELDS, stream, str(e)))
-                self._waiting += 1
-                ready.set()
-                return None
-            queue.append(Passed(nc, subject, reply, headers, data, fields, stream))
+                fields, malformed = _NO_FIELDS, str(e)
+            queue.append(Passed(nc, subject, reply, headers, data, fields, stream, malformed))
             self._waiting += 1
             ready.set()
             return None

@@ -55,7 +55,7 @@ class Outbound:
         self._subs: list[PassThrough] = []
         self._tasks: list[asyncio.Task[None]] = []
         # One per consumer (rule, stream): JetStream acks are per consumer.
-        self._floors: dict[tuple[int, str], AckFloor] = {}
+        self._floors: list[AckFloor] = []
         self._reconnects = mesh.nc.stats["reconnects"]
         self._hold_s = hold_seconds(cfg.ack_wait)
 
@@ -78,7 +78,8 @@ class Outbound:
             self._subs.append(sub)
             floors: dict[str, AckFloor] = {}
             for stream, _name in sub.consumers:
-                floor = floors[stream] = self._floors[(i, stream)] = AckFloor(self._hold_s)
+                floor = floors[stream] = AckFloor(self._hold_s)
+                self._floors.append(floor)
                 if sub.unacked_at_start.get(stream):
                     floor.hold()  # a previous process's deliveries come back after ack_wait
             self._tasks.append(asyncio.create_task(self._run(sub, rule, floors), name="bridge-out"))
@@ -164,10 +165,10 @@ class Outbound:
             return  # an ack written now would go out after the reconnect, unchecked
         if nc.stats["reconnects"] != self._reconnects:
             self._reconnects = nc.stats["reconnects"]
-            for floor in self._floors.values():
+            for floor in self._floors:
                 floor.reconnected()
             return
-        acks = [t for f in self._floors.values() if (t := f.ack_target()) is not None]
+        acks = [t for f in self._floors if (t := f.ack_target()) is not None]
         if acks:
             await ack_many(acks)
 
@@ -202,11 +203,11 @@ class Outbound:
         return out
 
     def inflight(self) -> int:
-        return sum(f.in_flight() for f in self._floors.values())
+        return sum(f.in_flight() for f in self._floors)
 
     def ack_holds(self) -> int:
         """How often acks were held for deliveries the bridge may not have seen."""
-        return sum(f.holds for f in self._floors.values())
+        return sum(f.holds for f in self._floors)
 
     async def close(self) -> None:
         for t in self._tasks:
