@@ -146,6 +146,16 @@ class Bridge(AsyncResource):
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
+    async def wait_failed(self) -> str:
+        """Returns why, once a direction stopped for good (a batch failed in a way no
+        retry covers); the caller should exit, so a restart redelivers what was not
+        committed."""
+        if self.inbound is None:
+            await asyncio.Event().wait()  # only the inbound side can fail this way
+        assert self.inbound is not None
+        await self.inbound.failed.wait()
+        return self.metrics.failure
+
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()

@@ -44,11 +44,19 @@ async def cmd_run(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
         return 0
     mesh = Mesh.from_config(cfg, _url(args, cfg), args.user, args.password)
     mesh.service = f"bridge-{bc.name}"
-    async with mesh, Bridge(bc, mesh, catalog=cfg.build_catalog(), metrics_file=args.metrics_file):
+    bridge = Bridge(bc, mesh, catalog=cfg.build_catalog(), metrics_file=args.metrics_file)
+    async with mesh, bridge:
         print(
             f"bridge {bc.name}: running (Kafka {bc.bootstrap}, NATS {_url(args, cfg)})", flush=True
         )
-        await _until_signal()
+        signalled = asyncio.ensure_future(_until_signal())
+        failed = asyncio.ensure_future(bridge.wait_failed())
+        await asyncio.wait([signalled, failed], return_when=asyncio.FIRST_COMPLETED)
+        for t in (signalled, failed):
+            t.cancel()
+        if failed.done() and not failed.cancelled():
+            print(f"bridge {bc.name}: {failed.result()}; exiting", flush=True)
+            return 1
     return 0
 
 

@@ -1,13 +1,14 @@
 """Kafka -> NATS.
 
-Batches come from the consumer thread in partition order and are handled one at a time:
-every record of a batch is mapped (or set aside as poison), poison is written to the
+Batches come from the consumer thread in partition order, a few handled at once: every
+record of a batch is mapped (or set aside as poison), poison is written to the
 dead-letter topic, the rest is published with every PubAck checked; only then are the
-batch's offsets committed. A failed publish is retried, the same batch, until it
-succeeds: a record is never skipped, so a committed offset always means "this record and
-every earlier one of its partition is in JetStream (or in the DLQ)". A crash before the
-commit redelivers the batch; its Nats-Msg-Ids make the second copy a duplicate that
-JetStream does not store.
+batch's offsets committed, after every earlier batch's. A failed publish is retried, the
+same batch, until it succeeds: a record is never skipped, so a committed offset always
+means "this record and every earlier one of its partition is in JetStream (or in the
+DLQ)". A crash before the commit redelivers the batch; its Nats-Msg-Ids make the second
+copy a duplicate that JetStream does not store. A batch that fails in a way no retry
+covers stops all commits (see `Inbound._fail`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import time
 from typing import cast
 
+import nats.errors
 from confluent_kafka import Message, TopicPartition
 
 from bridge_kafka import mapping
@@ -56,6 +58,9 @@ class Inbound:
         self.consumer: ConsumerThread | None = None
         # DLQ delivery reports: opaque future per poison record.
         self._max_bytes = min(cfg.max_record_bytes, mesh.nc._max_payload or cfg.max_record_bytes)
+        # Set when a batch failed in a way no retry covers; nothing is committed after it.
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -70,6 +75,15 @@ class Inbound:
         )
         self.consumer.start()
         self._task = asyncio.create_task(self._run(), name="bridge-inbound")
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        self.metrics.failure = f"kafka -> nats stopped: {exc!r}"
+        self.d.error(self.metrics.failure)
+        log.error("kafka -> nats: a batch failed (%r); nothing more is committed", exc)
+        if self._task is not None:
+            self._task.cancel()
+        self.failed.set()
 
     def _on_batches(self, batches: list[list[Message]]) -> None:
         for b in batches:
@@ -88,11 +102,16 @@ class Inbound:
 
         def commit_ready(_: object) -> None:
             assert self.consumer is not None
-            while pending and pending[0].done():
+            while pending and pending[0].done() and self.failure is None:
                 task = pending.popleft()
                 room.release()
-                if task.cancelled() or task.exception() is not None:
+                if task.cancelled():
                     continue  # shutting down: not committed, redelivered next time
+                if (exc := task.exception()) is not None:
+                    # Committing a later batch would skip this one's records: stop here,
+                    # and let the process fail so a restart redelivers from the last commit.
+                    self._fail(exc)
+                    return
                 n, offsets = task.result()
                 self.consumer.done(n, offsets)
 
@@ -149,13 +168,19 @@ class Inbound:
                 items.append((item.subject, item.headers, item.payload))
             except Poison as p:
                 poison.append((m, p))
-        # Publish first: its frames are written before this task first waits, which is
-        # what keeps concurrent batches in order on the wire.
-        if items:
-            await self._publish(items)
-        d.delivered += len(items)
-        if poison:
-            await self._dead_letter(poison)
+        # Dead letters are queued and the publish frames written before this task first
+        # waits: that keeps concurrent batches in partition order, on the wire and in the
+        # dead-letter topic.
+        dead = self._dead_letter(poison) if poison else None
+        try:
+            if items:
+                await self._publish(items)
+            d.delivered += len(items)
+            if dead is not None:
+                await dead
+        finally:
+            if dead is not None:
+                dead.cancel()  # shutting down mid-batch: no retries after close
         return len(batch), [TopicPartition(t, p, o) for (t, p), o in next_offset.items()]
 
     async def _publish(self, items: list[tuple[str, bytes, bytes]]) -> None:
@@ -165,38 +190,58 @@ class Inbound:
                 await self.mesh.publisher.publish_many(items)
                 self.metrics.nats_up = True
                 return
-            except MeshError as e:
+            except (MeshError, nats.errors.Error) as e:
                 # The same batch again, same Nats-Msg-Ids: what was stored is a duplicate.
+                # (nats-py's own errors: its reconnect buffer was full during an outage.)
                 self.d.error(str(e))
                 self.metrics.nats_up = self.mesh.nc.is_connected
                 log.warning("publish to JetStream failed (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _dead_letter(self, poison: list[tuple[Message, Poison]]) -> None:
+    def _dead_letter(self, poison: list[tuple[Message, Poison]]) -> asyncio.Future[None]:
+        """Queues the dead letters now (in order, before the caller first waits); the
+        future is done when Kafka confirmed them all."""
+        first = self._produce_dead_letters(poison)
+
+        async def confirmed() -> None:
+            todo, futures = poison, first
+            while True:
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                failed = [(pm, r) for pm, r in zip(todo, results, strict=True) if r is not None]
+                self.d.dlq += len(todo) - len(failed)
+                if not failed:
+                    return
+                self.d.error(f"dead-letter topic: {failed[0][1]}")
+                await asyncio.sleep(1.0)
+                todo = [pm for pm, _ in failed]  # the confirmed ones are not sent twice
+                futures = self._produce_dead_letters(todo)
+
+        return asyncio.ensure_future(confirmed())
+
+    def _produce_dead_letters(
+        self, poison: list[tuple[Message, Poison]]
+    ) -> list[asyncio.Future[None]]:
         loop = asyncio.get_running_loop()
-        while True:
-            futures: list[asyncio.Future[None]] = []
-            for m, p in poison:
-                fut: asyncio.Future[None] = loop.create_future()
-                futures.append(fut)
-                headers: mapping.KafkaHeaders = [
-                    *cast(mapping.KafkaHeaders, m.headers() or []),
-                    ("tm-dlq-reason", p.reason.encode()),
-                    ("tm-dlq-detail", p.detail[:500].encode()),
-                    ("tm-dlq-source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()),
-                    ("tm-dlq-at", str(time.time_ns()).encode()),
-                ]
-                value = m.value() or b""
-                if len(value) > self.cfg.max_record_bytes:
-                    value = value[: self.cfg.max_record_bytes // 2]  # kept for inspection
+        futures: list[asyncio.Future[None]] = []
+        for m, p in poison:
+            fut: asyncio.Future[None] = loop.create_future()
+            futures.append(fut)
+            headers: mapping.KafkaHeaders = [
+                *cast(mapping.KafkaHeaders, m.headers() or []),
+                ("tm-dlq-reason", p.reason.encode()),
+                ("tm-dlq-detail", p.detail[:500].encode()),
+                ("tm-dlq-source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()),
+                ("tm-dlq-at", str(time.time_ns()).encode()),
+            ]
+            value = m.value() or b""
+            if len(value) > self.cfg.max_record_bytes:
+                value = value[: self.cfg.max_record_bytes // 2]  # kept for inspection
+            try:
                 self.producer.produce(self.cfg.dlq_topic, m.key(), value, headers, fut)
-            errors = [e for e in await asyncio.gather(*futures, return_exceptions=True) if e]
-            if not errors:
-                self.d.dlq += len(poison)
-                return
-            self.d.error(f"dead-letter topic: {errors[0]}")
-            await asyncio.sleep(1.0)
+            except BufferError as e:  # librdkafka's queue is full: counts as a failed send
+                fut.set_exception(e)
+        return futures
 
     async def close(self) -> None:
         if self._task:

@@ -39,6 +39,8 @@ class Metrics:
     kafka_up: bool = False
     nats_up: bool = False
     kafka_detail: str = "not connected yet"
+    # Why a direction stopped for good (the process should exit and be restarted).
+    failure: str = ""
     started: float = field(default_factory=time.time)
 
     def tick(self) -> None:
@@ -49,8 +51,9 @@ class Metrics:
     def health(self) -> dict[str, Any]:
         down = [side for side, up in (("kafka", self.kafka_up), ("nats", self.nats_up)) if not up]
         return {
-            "status": "ok" if not down else "degraded",
+            "status": "failed" if self.failure else "ok" if not down else "degraded",
             "down": down,
+            **({"failure": self.failure} if self.failure else {}),
             "kafka": "up" if self.kafka_up else f"down: {self.kafka_detail}",
             "nats": "up" if self.nats_up else "down",
         }

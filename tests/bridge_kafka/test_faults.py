@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
+from bridge_kafka import mapping
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker, create_topics
 from mesh.client import Mesh
@@ -224,3 +226,67 @@ async def test_connection_dropped_mid_flow_nats_to_kafka_loses_nothing(
             assert {decode(r.value()).event_id for r in records} == want
             assert (await bridge.status())["nats_to_kafka"]["ack_holds"] > 0
             assert m.received > len(events)  # redeliveries: the cut did lose deliveries
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets per partition (negative: none committed)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+async def test_a_batch_failing_unexpectedly_stops_commits_and_a_restart_skips_nothing(
+    nats_server: NatsServer,
+    mesh: Mesh,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failure no retry covers (here: a bug in the mapping, injected for one event).
+    # Committing any later batch would skip that one's records for good, so the inbound
+    # side must stop committing and say so; a restart then delivers everything, once.
+    cfg = bridge_config(kafka, topics, tag)
+    before = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(5)]
+    after = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(5, 10)]
+    boom = before[2].event_id
+    later = {e.event_id for e in after}
+    real = mapping.event_to_nats
+    handled_later = asyncio.Event()
+
+    def failing(event: Event, *args: Any) -> Any:
+        if event.event_id == boom:
+            raise RuntimeError("injected bug in the mapping")
+        if event.event_id in later:
+            handled_later.set()
+        return real(event, *args)
+
+    monkeypatch.setattr(mapping, "event_to_nats", failing)
+    async with (
+        Mesh.connect(nats_server.url, service="bridge") as bm,
+        Bridge(cfg, bm) as bridge,
+    ):
+        await produce_events(kafka.bootstrap, topics["in"], before)
+        why = await asyncio.wait_for(bridge.wait_failed(), 30)
+        assert "injected bug in the mapping" in why
+        assert (await bridge.status())["health"]["status"] == "failed"
+        # Records after the failure are not handled (so never committed past it); the
+        # wait is the time a bridge that went on would need to handle them.
+        await produce_events(kafka.bootstrap, topics["in"], after)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(handled_later.wait(), 3)
+    stored = await read_topic(kafka.bootstrap, topics["in"], 10)
+    boom_at = next(m for m in stored if decode(m.value()).event_id == boom)
+    committed = await asyncio.to_thread(_committed, kafka.bootstrap, cfg.group_id, topics["in"], 4)
+    assert committed[boom_at.partition()] <= boom_at.offset()
+
+    monkeypatch.undo()
+    async with (
+        Mesh.connect(nats_server.url, service="bridge") as bm,
+        Bridge(cfg, bm),
+    ):
+        got = await _nats_side(mesh, tag, 10)
+    assert [d.event.event_id for d in got] == [e.event_id for e in before + after]
