@@ -75,7 +75,7 @@ class Bridge(AsyncResource):
             await self.outbound.start()
         if self.cfg.inbound:
             self.inbound = Inbound(self.cfg, self.mesh, self.catalog, self.producer, self.metrics)
-            self.inbound.start()
+            await self.inbound.start()
         self._status_sub = await self.mesh.nc.subscribe(self.cfg.status_subject, cb=self._status)
         if self.cfg.inbound:
             # Kafka-side backlog for `mesh streams` (the NATS-side one is JetStream's own)

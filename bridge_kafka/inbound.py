@@ -30,6 +30,8 @@ from bridge_kafka.metrics import Metrics
 from mesh.catalog import Catalog
 from mesh.client import Mesh
 from mesh.errors import MeshError
+from mesh.fast_batch import BatchPublishDisabled, FastBatchPublisher
+from mesh.publisher import Item
 
 log = logging.getLogger("bridge_kafka")
 
@@ -55,14 +57,27 @@ class Inbound:
         self.rules: dict[str, InboundRule] = {t: r for r in cfg.inbound for t in r.topics}
         self._queue: asyncio.Queue[list[Message]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # Batches being handled, oldest first (their offsets are committed in this order).
+        self._handling: collections.deque[asyncio.Task[tuple[int, list[TopicPartition]]]] = (
+            collections.deque()
+        )
         self.consumer: ConsumerThread | None = None
         # DLQ delivery reports: opaque future per poison record.
         self._max_bytes = min(cfg.max_record_bytes, mesh.nc._max_payload or cfg.max_record_bytes)
         # Set when a batch failed in a way no retry covers; nothing is committed after it.
         self.failure: BaseException | None = None
+        self._committing = True  # until a batch failed or was cancelled
         self.failed = asyncio.Event()
+        # One confirmation per batch and stream instead of a PubAck per event.
+        self._fast = FastBatchPublisher(
+            mesh.nc,
+            ack_timeout=mesh.publisher.ack_timeout,
+            deadline=mesh.publisher.deadline,
+        )
+        self._no_fast_batch: set[str] = set()  # priorities whose stream refused them
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self._fast.start()
         loop = asyncio.get_running_loop()
         self.consumer = ConsumerThread(
             {"bootstrap.servers": self.cfg.bootstrap, "group.id": self.cfg.group_id}
@@ -77,12 +92,15 @@ class Inbound:
         self._task = asyncio.create_task(self._run(), name="bridge-inbound")
 
     def _fail(self, exc: BaseException) -> None:
+        self._committing = False
         self.failure = exc
         self.metrics.failure = f"kafka -> nats stopped: {exc!r}"
         self.d.error(self.metrics.failure)
         log.error("kafka -> nats: a batch failed (%r); nothing more is committed", exc)
         if self._task is not None:
             self._task.cancel()
+        for task in self._handling:
+            task.cancel()  # never committed now: redelivered to the next run
         self.failed.set()
 
     def _on_batches(self, batches: list[list[Message]]) -> None:
@@ -95,18 +113,19 @@ class Inbound:
         # waits for room in the middle of its frames); offsets are committed strictly in
         # batch order, when every earlier batch is acked too.
         room = asyncio.Semaphore(DEPTH)
-        pending: collections.deque[asyncio.Task[tuple[int, list[TopicPartition]]]] = (
-            collections.deque()
-        )
+        pending = self._handling
         chunk = max(500, self.mesh.publisher.window // (DEPTH + 1))
 
         def commit_ready(_: object) -> None:
             assert self.consumer is not None
-            while pending and pending[0].done() and self.failure is None:
+            while pending and pending[0].done() and self._committing:
                 task = pending.popleft()
                 room.release()
                 if task.cancelled():
-                    continue  # shutting down: not committed, redelivered next time
+                    # Shutting down: this batch and every later one are not committed
+                    # (redelivered to the next run), even those that finished first.
+                    self._committing = False
+                    return
                 if (exc := task.exception()) is not None:
                     # Committing a later batch would skip this one's records: stop here,
                     # and let the process fail so a restart redelivers from the last commit.
@@ -129,7 +148,7 @@ class Inbound:
     async def _handle(self, batch: list[Message]) -> tuple[int, list[TopicPartition]]:
         d = self.d
         d.received += len(batch)
-        items: list[tuple[str, bytes, bytes]] = []
+        items: list[Item] = []
         poison: list[tuple[Message, Poison]] = []
         next_offset: dict[tuple[str, int], int] = {}
         for m in batch:
@@ -183,11 +202,11 @@ class Inbound:
                 dead.cancel()  # shutting down mid-batch: no retries after close
         return len(batch), [TopicPartition(t, p, o) for (t, p), o in next_offset.items()]
 
-    async def _publish(self, items: list[tuple[str, bytes, bytes]]) -> None:
+    async def _publish(self, items: list[Item]) -> None:
         delay = 0.1
         while True:
             try:
-                await self.mesh.publisher.publish_many(items)
+                await self._store(items)
                 self.metrics.nats_up = True
                 return
             except (MeshError, nats.errors.Error) as e:
@@ -198,6 +217,29 @@ class Inbound:
                 log.warning("publish to JetStream failed (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _store(self, items: list[Item]) -> None:
+        # One fast batch per stream, that is per priority (the subject's second token).
+        groups: dict[str, list[Item]] = {}
+        for it in items:
+            subject = it[0]
+            groups.setdefault(subject[3 : subject.index(".", 3)], []).append(it)
+        if len(groups) == 1:
+            [(priority, group)] = groups.items()
+            await self._store_stream(priority, group)
+        else:
+            await asyncio.gather(*(self._store_stream(p, g) for p, g in groups.items()))
+
+    async def _store_stream(self, priority: str, items: list[Item]) -> None:
+        if priority not in self._no_fast_batch:
+            try:
+                await self._fast.publish(items)
+                return
+            except BatchPublishDisabled as e:
+                # A stream provisioned before fast batches: per-event acks still work.
+                log.warning("%s; run `mesh provision` (per-event PubAcks until then)", e)
+                self._no_fast_batch.add(priority)
+        await self.mesh.publisher.publish_many(items)
 
     def _dead_letter(self, poison: list[tuple[Message, Poison]]) -> asyncio.Future[None]:
         """Queues the dead letters now (in order, before the caller first waits); the
@@ -246,5 +288,8 @@ class Inbound:
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
+        for task in self._handling:
+            task.cancel()  # not committed: redelivered to the next run
         if self.consumer:
             await asyncio.to_thread(self.consumer.close)
+        await self._fast.close()

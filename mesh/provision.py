@@ -48,6 +48,8 @@ class StreamDef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             "duplicate_window": int(units.seconds(self.duplicate_window) * NS),
             # Last value per symbol straight from the stream (direct get), no side cache.
             "allow_direct": True,
+            # Fast batches (mesh/fast_batch.py): one confirmation per batch, for the bridge.
+            "allow_batched": True,
         }
 
 
@@ -84,7 +86,7 @@ def _differences(current: dict[str, Any], desired: dict[str, Any]) -> list[str]:
     def norm(key: str, v: Any) -> Any:
         if key == "subjects":
             return sorted(v or [])
-        if key == "allow_direct":
+        if key in ("allow_direct", "allow_batched"):
             return bool(v)
         return v
 
