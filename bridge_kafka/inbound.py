@@ -2,13 +2,14 @@
 
 Batches come from the consumer thread in partition order, a few handled at once: every
 record of a batch is mapped (or set aside as poison), poison is written to the
-dead-letter topic, the rest is published with every PubAck checked; only then are the
-batch's offsets committed, after every earlier batch's. A failed publish is retried, the
-same batch, until it succeeds: a record is never skipped, so a committed offset always
-means "this record and every earlier one of its partition is in JetStream (or in the
-DLQ)". A crash before the commit redelivers the batch; its Nats-Msg-Ids make the second
-copy a duplicate that JetStream does not store. A batch that fails in a way no retry
-covers stops all commits (see `Inbound._fail`).
+dead-letter topic, the rest is stored as one fast batch per stream (mesh/fast_batch.py),
+every event of it confirmed; only then are the batch's offsets committed, after every
+earlier batch's. A failed publish is retried, the same batch, until it succeeds: a
+record is never skipped, so a committed offset always means "this record and every
+earlier one of its partition is in JetStream (or in the DLQ)". A crash before the commit
+redelivers the batch; its Nats-Msg-Ids make the second copy a duplicate that JetStream
+does not store. A batch that fails in a way no retry covers stops all commits (see
+`Inbound._fail`).
 """
 
 from __future__ import annotations
