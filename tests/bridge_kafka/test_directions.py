@@ -6,9 +6,12 @@ import asyncio
 import json
 from collections.abc import Awaitable
 
+import pytest
+
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker
-from mesh import wire
+from mesh import jsapi, wire
+from mesh.catalog import Priority
 from mesh.client import Mesh
 from mesh.events import Event, decode, encode
 from mesh.server import NatsServer
@@ -181,3 +184,29 @@ async def test_nats_event_too_large_for_kafka_goes_to_the_dlq_subject_as_stored(
             m = bridge.metrics.nats_to_kafka
             await eventually(lambda: m.dlq == 1 and m.delivered == 2, 20, "1 dead letter + 2")
             assert await jetstream_backlog(bridge) == 0  # the dead letter is acked too
+
+
+async def test_kafka_to_nats_on_streams_without_fast_batches_uses_per_event_acks(
+    fresh_server: NatsServer,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Streams made before `allow_batched` was provisioned: the bridge still delivers.
+    events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(50)]
+    async with Mesh.connect(fresh_server.url, service="tests") as mesh:
+        for p in Priority:
+            info = await jsapi.stream_info(mesh.nc, p.stream)
+            assert info is not None
+            config = info["config"] | {"allow_batched": False}
+            await jsapi.call(mesh.nc, f"$JS.API.STREAM.UPDATE.{p.stream}", config)
+        async with (
+            Mesh.connect(fresh_server.url, service="bridge") as bm,
+            Bridge(bridge_config(kafka, topics, tag), bm),
+            mesh.subscribe(f"tm.*.*.*.{tag}.>", start=Start.all(), ack="none") as sub,
+        ):
+            await produce_events(kafka.bootstrap, topics["in"], events)
+            got = [await sub.next(30) for _ in events]
+    assert [d.event.event_id for d in got] == [e.event_id for e in events]
+    assert "batch publish is disabled" in caplog.text
