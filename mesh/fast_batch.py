@@ -114,12 +114,12 @@ class FastBatchPublisher:
         started = time.monotonic()
         todo = items
         while todo:
-            confirmed = await self._one_batch(todo)
+            confirmed = await self._one_batch(todo, started)
             todo = todo[confirmed:]
             if todo and time.monotonic() - started > self.deadline:
                 raise PublishTimeout(todo[0][0], self.deadline)
 
-    async def _one_batch(self, items: Sequence[Item]) -> int:
+    async def _one_batch(self, items: Sequence[Item], started: float) -> int:
         """Sends one batch; returns how many leading items the server confirmed."""
         batch_id = next(self._ids)
         p = _Pending(asyncio.get_running_loop().create_future())
@@ -133,9 +133,14 @@ class FastBatchPublisher:
         await wire.write(self._nc, b"".join(frames))
         await wire.flush(self._nc)
         try:
-            await asyncio.wait_for(asyncio.shield(p.future), self.ack_timeout)
-        except TimeoutError:
-            return 0  # no answer: all of it again, as a new batch
+            while not p.future.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(p.future), self.ack_timeout)
+                except TimeoutError:
+                    if self._nc.is_connected or time.monotonic() - started > self.deadline:
+                        return 0  # no answer: all of it again, as a new batch
+                    # Disconnected: the frames wait in nats-py's buffer and go out on the
+                    # reconnect; sending them again now would only pile up copies there.
         finally:
             self._pending.pop(batch_id.encode(), None)
         if p.error is not None and p.count < last:

@@ -10,6 +10,7 @@ import pytest
 from mesh import history
 from mesh.client import Mesh, connect_nats
 from mesh.events import Event
+from mesh.fast_batch import FastBatchPublisher
 from mesh.server import Cluster, NatsServer
 from tests.conftest import provision_streams
 from tests.helpers import eventually
@@ -115,3 +116,53 @@ async def test_r3_cluster_keeps_acked_events_when_the_stream_leader_dies(tmp_pat
         assert_every_acked_event_stored_once(pub.acked, await stored_critical(survivor.url))
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("drop", ["kill", "restart"])
+async def test_fast_batches_confirmed_across_a_server_kill_are_stored_once(
+    tmp_path: Path, drop: str
+) -> None:
+    # Fast batches (the Kafka bridge's way in): every batch `publish` confirmed is stored,
+    # each event once, whether its frames were lost with the connection (kill) or waited
+    # in nats-py's buffer for the reconnect.
+    server = NatsServer(tmp_path / "nats")
+    await server.start_ready()
+    await provision_streams(server.url)
+    confirmed: list[str] = []
+    try:
+        async with Mesh.connect(server.url, service="tests") as mesh:
+            fast = FastBatchPublisher(mesh.nc, ack_timeout=0.5, deadline=60)
+            await fast.start()
+            stop = asyncio.Event()
+
+            async def run() -> None:
+                n = 0
+                while not stop.is_set():
+                    batch = [
+                        mesh.prepare(
+                            Event(event_type="MARGIN_CALL", account=f"A{k % 37}", payload={"n": k})
+                        )
+                        for k in range(n, n + 200)
+                    ]
+                    await fast.publish([(p.subject, p.headers, p.payload) for p in batch])
+                    confirmed.extend(p.event.event_id for p in batch)
+                    n += len(batch)
+
+            task = asyncio.create_task(run())
+            await eventually(lambda: len(confirmed) >= 4000, 30, "4000 confirmed events")
+            if drop == "kill":
+                server.kill()
+            else:
+                server.stop()
+            at_drop = len(confirmed)
+            server.start()
+            await server.wait_ready()
+            await eventually(lambda: len(confirmed) >= at_drop + 4000, 60, "publishing resumed")
+            stop.set()
+            await task
+            await fast.close()
+        stored = [eid for _, eid in await stored_critical(server.url)]
+        assert len(stored) == len(set(stored)), "an event was stored twice"
+        assert not set(confirmed) - set(stored), "a confirmed event is missing"
+    finally:
+        server.stop()
