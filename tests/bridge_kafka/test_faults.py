@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import fcntl
@@ -13,9 +14,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from bridge_kafka import mapping
+from bridge_kafka import cli, mapping
+from bridge_kafka import config as bcfg
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker, create_topics
+from mesh import config
 from mesh.client import Mesh
 from mesh.events import Event, decode
 from mesh.server import NatsServer
@@ -290,3 +293,36 @@ async def test_a_batch_failing_unexpectedly_stops_commits_and_a_restart_skips_no
     ):
         got = await _nats_side(mesh, tag, 10)
     assert [d.event.event_id for d in got] == [e.event_id for e in before + after]
+
+
+async def test_bridge_run_exits_1_when_a_batch_fails_beyond_retry(
+    nats_server: NatsServer,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `mesh bridge run` as its supervisor sees it: the failure ends the process with 1.
+    cfg = bridge_config(kafka, topics, tag)
+    file = tmp_path / "bridge.toml"
+    file.write_text(bcfg.dumps(cfg))
+
+    def failing(*_: Any) -> Any:
+        raise RuntimeError("injected bug in the mapping")
+
+    monkeypatch.setattr(mapping, "event_to_nats", failing)
+    args = argparse.Namespace(
+        file=str(file),
+        bootstrap=None,
+        url=nats_server.url,
+        user=None,
+        password=None,
+        metrics_file=None,
+    )
+    run = asyncio.create_task(cli.cmd_run(args, config.MeshConfig()))
+    events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": 0})]
+    await produce_events(kafka.bootstrap, topics["in"], events)
+    assert await asyncio.wait_for(run, 30) == 1
+    assert "injected bug in the mapping" in capsys.readouterr().out
