@@ -18,7 +18,8 @@ What the server answers, and what `publish` makes of it:
   small enough to send whole), so skipped.
 
 `publish(items)` returns only when every item is confirmed. A shortfall sends the rest
-again as a new batch; no answer within `ack_timeout` sends all of it again (the same
+again as a new batch, and so does a batch the server lost (restarted in the middle of
+it); no answer within `ack_timeout` sends all of it again (the same
 Nats-Msg-Ids: what was stored already is a duplicate, not stored twice). A refusal
 raises StreamRejected (BatchPublishDisabled when the stream lacks `allow_batched`);
 `deadline` without a confirmation raises PublishTimeout. Unlike `Publisher`, no
@@ -43,6 +44,9 @@ from mesh.publisher import Item
 
 # nats-server's error code for a stream without `allow_batched`.
 BATCH_DISABLED = 10205
+# Errors about the batch, not its messages: the server lost it (a restart, its cleanup
+# timer) or has too many open. The batch is sent again, as a new one.
+_RETRY_AFTER = {10208: 0.0, 10211: 0.05}  # unknown batch id, too many in flight
 # Flow messages the server may send per this many stored messages (it caps it at 500).
 _FLOW = 500
 
@@ -89,8 +93,9 @@ class FastBatchPublisher:
         self.ack_timeout = ack_timeout
         self.deadline = deadline
         self._pending: dict[bytes, _Pending] = {}
-        # Batch ids: unique per process run (a random part) and per batch (a counter).
-        self._ids = (f"{os.urandom(5).hex()}{n}" for n in itertools.count(1))
+        # Batch ids: unique per publisher (a random part) and per batch (a counter).
+        run = os.urandom(5).hex()
+        self._ids = (f"{run}{n}" for n in itertools.count(1))
         self._prefix = ""
         self._skip = 0
         self._route: wire.Route | None = None
@@ -145,6 +150,9 @@ class FastBatchPublisher:
             self._pending.pop(batch_id.encode(), None)
         if p.error is not None and p.count < last:
             e = p.error
+            if e.err_code in _RETRY_AFTER:
+                await asyncio.sleep(_RETRY_AFTER[e.err_code])
+                return p.count
             kind = BatchPublishDisabled if e.err_code == BATCH_DISABLED else StreamRejected
             raise kind(items[min(p.error_seq, last) - 1][0], e.err_code, e.description)
         return p.count

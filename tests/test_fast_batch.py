@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mesh import jsapi
+from mesh import fast_batch, jsapi, wire
 from mesh.client import Mesh
 from mesh.errors import StreamRejected
 from mesh.fast_batch import BatchPublishDisabled, FastBatchPublisher
@@ -148,4 +148,26 @@ async def test_a_lost_answer_sends_the_batch_again_without_storing_twice(
     finally:
         await fast.close()
     assert dropped == 1
+    assert await stored(mesh, stream) == [p for _, _, p in items]
+
+
+async def test_a_batch_the_server_lost_is_sent_again_as_a_new_one(
+    mesh: Mesh, fast: FastBatchPublisher, stream: str, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As after a server restart in the middle of a batch: the server never saw its start,
+    # so it answers "batch publish ID unknown" (10208) to the rest; nothing of it stored.
+    real = wire.write
+    cut = 0
+
+    async def lose_the_start(nc: Any, data: bytes) -> None:
+        nonlocal cut
+        if cut == 0:
+            cut += 1
+            data = data[data.index(b"HPUB ", 1) :]  # the first frame (seq 1, start) lost
+        await real(nc, data)
+
+    monkeypatch.setattr(fast_batch.wire, "write", lose_the_start)
+    items = [item(tag, i) for i in range(50)]
+    await fast.publish(items)
+    assert cut == 1
     assert await stored(mesh, stream) == [p for _, _, p in items]
