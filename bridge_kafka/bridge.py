@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError
 from bridge_kafka.config import BridgeConfig
 from bridge_kafka.errors import BridgeConfigError
 from bridge_kafka.inbound import Inbound
-from bridge_kafka.kafka_io import ProducerThread
+from bridge_kafka.kafka_io import FutureReport, ProducerThread, Report
 from bridge_kafka.metrics import Metrics
 from bridge_kafka.outbound import Outbound, _Pending
 from mesh import lag
@@ -93,18 +93,15 @@ class Bridge(AsyncResource):
         )
         return self
 
-    def _on_reports(self, reports: list[tuple[Any, KafkaError | None]]) -> None:
+    def _on_reports(self, reports: list[tuple[Report, KafkaError | None]]) -> None:
         acks = False
-        for opaque, err in reports:
-            if isinstance(opaque, _Pending):
+        for report, err in reports:
+            if isinstance(report, _Pending):
                 assert self.outbound is not None
-                self.outbound.on_report(opaque, err)
+                self.outbound.on_report(report, err)
                 acks = True
-            elif isinstance(opaque, asyncio.Future) and not opaque.done():
-                if err is None:
-                    opaque.set_result(None)
-                else:
-                    opaque.set_exception(RuntimeError(err.str()))
+            elif isinstance(report, FutureReport):
+                report.settle(err)
         if acks and self.outbound is not None:
             self._tasks.append(asyncio.ensure_future(self.outbound.flush_acks()))
             if len(self._tasks) > 64:

@@ -26,7 +26,7 @@ from confluent_kafka import Message, TopicPartition
 from bridge_kafka import mapping
 from bridge_kafka.config import BridgeConfig, InboundRule
 from bridge_kafka.errors import Poison
-from bridge_kafka.kafka_io import ConsumerThread, ProducerThread
+from bridge_kafka.kafka_io import ConsumerThread, FutureReport, ProducerThread
 from bridge_kafka.metrics import Metrics
 from mesh.catalog import Catalog
 from mesh.client import Mesh
@@ -280,8 +280,9 @@ class Inbound:
             value = m.value() or b""
             if len(value) > self.cfg.max_record_bytes:
                 value = value[: self.cfg.max_record_bytes // 2]  # kept for inspection
+            report = FutureReport(self.producer.sink, fut)
             try:
-                self.producer.produce(self.cfg.dlq_topic, m.key(), value, headers, fut)
+                self.producer.produce(self.cfg.dlq_topic, m.key(), value, headers, report)
             except BufferError as e:  # librdkafka's queue is full: counts as a failed send
                 fut.set_exception(e)
         return futures

@@ -62,9 +62,46 @@ class _Wakeup:
             self._drain(items)
 
 
+Sink = Callable[[tuple["Report", KafkaError | None]], None]
+
+
+class Report:
+    """A record's delivery-report callable (librdkafka's `on_delivery`): one object per
+    record, a subclass per kind of record; the report comes back through the producer's
+    `on_reports` as (this object, error or None). An object the record needs anyway, not
+    a closure made per record: making that closure was ~9 % of the NATS -> Kafka thread
+    (py-spy)."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
+        self._sink((self, err))
+
+
+class FutureReport(Report):
+    """A record whose sender awaits its report."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, sink: Sink, future: asyncio.Future[None]) -> None:
+        self._sink = sink
+        self.future = future
+
+    def settle(self, err: KafkaError | None) -> None:
+        if self.future.done():
+            return
+        if err is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(RuntimeError(err.str()))
+
+
 class ProducerThread:
     """An idempotent producer (acks=all) served on the event loop: delivery reports come
-    back as (opaque, error or None) through `on_reports`, in batches.
+    back as (Report, error or None) through `on_reports`, in batches.
 
     librdkafka does the network I/O in its own threads; what needs Python is `poll`, which
     runs the delivery callbacks. It used to run in a thread of its own, and every callback
@@ -76,12 +113,13 @@ class ProducerThread:
         self,
         conf: dict[str, Any],
         loop: asyncio.AbstractEventLoop,
-        on_reports: Callable[[list[tuple[Any, KafkaError | None]]], None],
+        on_reports: Callable[[list[tuple[Report, KafkaError | None]]], None],
         metrics: Metrics,
     ) -> None:
         self.metrics = metrics
         self._on_reports = on_reports
-        self._reports: list[tuple[Any, KafkaError | None]] = []
+        self._reports: list[tuple[Report, KafkaError | None]] = []
+        self.sink: Sink = self._reports.append  # what this producer's Reports are made with
         self.producer = Producer(
             {
                 "enable.idempotence": True,
@@ -109,20 +147,18 @@ class ProducerThread:
         key: bytes | None,
         value: bytes,
         headers: list[tuple[str, str | bytes | None]],
-        opaque: Any,
+        report: Report,
     ) -> None:
-        """Non-blocking; raises BufferError when librdkafka's queue is full."""
-
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            self._reports.append((opaque, err))  # the list of this poll, not of the produce
-
+        """Non-blocking; raises BufferError when librdkafka's queue is full. `report` must
+        be made with this producer's `sink`."""
         self.producer.produce(topic, value, key, headers=headers, on_delivery=report)
         self._work.set()
 
     def _poll(self) -> None:
         self.producer.poll(0)
         if self._reports:
-            reports, self._reports = self._reports, []
+            reports = self._reports.copy()  # the list stays: every Report's sink appends to it
+            self._reports.clear()
             self._on_reports(reports)
 
     async def _pump(self) -> None:

@@ -22,7 +22,7 @@ from bridge_kafka import mapping
 from bridge_kafka.ackfloor import NEW, AckFloor, hold_seconds
 from bridge_kafka.config import BridgeConfig, OutboundRule
 from bridge_kafka.feed import Passed, PassThrough
-from bridge_kafka.kafka_io import ProducerThread
+from bridge_kafka.kafka_io import ProducerThread, Report, Sink
 from bridge_kafka.metrics import Metrics
 from mesh import jsapi
 from mesh.client import Mesh
@@ -33,12 +33,13 @@ log = logging.getLogger("bridge_kafka")
 DLQ_STREAM = "TM_BRIDGE_DLQ"
 
 
-class _Pending:
+class _Pending(Report):
     """A record in flight to Kafka: the delivery it came from and that delivery's floor."""
 
     __slots__ = ("delivery", "floor")
 
-    def __init__(self, floor: AckFloor, delivery: Passed) -> None:
+    def __init__(self, sink: Sink, floor: AckFloor, delivery: Passed) -> None:
+        self._sink = sink  # (no super() call: this runs once per event)
         self.floor = floor
         self.delivery = delivery
 
@@ -111,7 +112,7 @@ class Outbound:
         key, value, headers = mapping.nats_to_kafka(rule, d)
         if len(value) > self.cfg.max_record_bytes:
             return False
-        return self._produce(rule, _Pending(floor, d), key, value, headers)
+        return self._produce(rule, _Pending(self.producer.sink, floor, d), key, value, headers)
 
     def _produce(
         self,
@@ -136,7 +137,7 @@ class Outbound:
             detail = f"{len(value)} > {self.cfg.max_record_bytes}"
             await self._dead_letter(floor, d, "too large", detail)
             return
-        p = _Pending(floor, d)
+        p = _Pending(self.producer.sink, floor, d)
         # librdkafka announces no room in its queue: try again shortly
         while not self._produce(rule, p, key, value, headers):  # noqa: ASYNC110
             await asyncio.sleep(0.005)
