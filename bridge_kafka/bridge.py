@@ -56,6 +56,7 @@ class Bridge(AsyncResource):
         self._status_sub: Any = None
         self._lag_sub: Any = None
         self._closed = asyncio.Event()
+        self._failed = asyncio.Event()  # a direction stopped for good (metrics.failure: why)
 
     async def start(self) -> Self:
         loop = asyncio.get_running_loop()
@@ -71,10 +72,12 @@ class Bridge(AsyncResource):
             self.metrics,
         )
         if self.cfg.outbound:
-            self.outbound = Outbound(self.cfg, self.mesh, self.producer, self.metrics)
+            self.outbound = Outbound(self.cfg, self.mesh, self.producer, self.metrics, self._failed)
             await self.outbound.start()
         if self.cfg.inbound:
-            self.inbound = Inbound(self.cfg, self.mesh, self.catalog, self.producer, self.metrics)
+            self.inbound = Inbound(
+                self.cfg, self.mesh, self.catalog, self.producer, self.metrics, self._failed
+            )
             await self.inbound.start()
         self._status_sub = await self.mesh.nc.subscribe(self.cfg.status_subject, cb=self._status)
         if self.cfg.inbound:
@@ -144,13 +147,10 @@ class Bridge(AsyncResource):
         await self._closed.wait()
 
     async def wait_failed(self) -> str:
-        """Returns why, once a direction stopped for good (a batch failed in a way no
-        retry covers); the caller should exit, so a restart redelivers what was not
-        committed."""
-        if self.inbound is None:
-            await asyncio.Event().wait()  # only the inbound side can fail this way
-        assert self.inbound is not None
-        await self.inbound.failed.wait()
+        """Returns why, once a direction stopped for good (a failure no retry covers: a
+        bug); the caller should exit, so a restart redelivers what was not committed or
+        acked."""
+        await self._failed.wait()
         return self.metrics.failure
 
     async def close(self) -> None:

@@ -48,6 +48,7 @@ class Inbound:
         catalog: Catalog,
         producer: ProducerThread,
         metrics: Metrics,
+        failed: asyncio.Event,
     ) -> None:
         self.cfg = cfg
         self.mesh = mesh
@@ -68,7 +69,7 @@ class Inbound:
         # Set when a batch failed in a way no retry covers; nothing is committed after it.
         self.failure: BaseException | None = None
         self._committing = True  # until a batch failed or was cancelled
-        self.failed = asyncio.Event()
+        self.failed = failed  # the bridge's: set when a direction stopped for good
         # One confirmation per batch and stream instead of a PubAck per event.
         self._fast = FastBatchPublisher(
             mesh.nc,

@@ -46,12 +46,18 @@ class _Pending(Report):
 
 class Outbound:
     def __init__(
-        self, cfg: BridgeConfig, mesh: Mesh, producer: ProducerThread, metrics: Metrics
+        self,
+        cfg: BridgeConfig,
+        mesh: Mesh,
+        producer: ProducerThread,
+        metrics: Metrics,
+        failed: asyncio.Event,
     ) -> None:
         self.cfg = cfg
         self.mesh = mesh
         self.producer = producer
         self.metrics = metrics
+        self.failed = failed  # the bridge's: set when a direction stopped for good
         self.d = metrics.nats_to_kafka
         self._subs: list[PassThrough] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,7 +89,21 @@ class Outbound:
                 self._floors.append(floor)
                 if sub.unacked_at_start.get(stream):
                     floor.hold()  # a previous process's deliveries come back after ack_wait
-            self._tasks.append(asyncio.create_task(self._run(sub, rule, floors), name="bridge-out"))
+            task = asyncio.create_task(self._run(sub, rule, floors), name="bridge-out")
+            task.add_done_callback(self._stopped)
+            self._tasks.append(task)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """A rule's loop ended by an error (a bug): its events stop flowing, and the acks
+        stop at the first one not done, so a restart redelivers the rest. Said loudly,
+        for the supervisor to restart the process."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.metrics.failure = f"nats -> kafka stopped: {exc!r}"
+        self.d.error(self.metrics.failure)
+        log.error("nats -> kafka: the outbound loop failed (%r)", exc, exc_info=exc)
+        self.failed.set()
 
     async def _run(self, sub: PassThrough, rule: OutboundRule, floors: dict[str, AckFloor]) -> None:
         while True:

@@ -326,3 +326,47 @@ async def test_bridge_run_exits_1_when_a_batch_fails_beyond_retry(
     await produce_events(kafka.bootstrap, topics["in"], events)
     assert await asyncio.wait_for(run, 30) == 1
     assert "injected bug in the mapping" in capsys.readouterr().out
+
+
+async def test_the_nats_to_kafka_loop_failing_says_so_and_a_restart_loses_nothing(
+    nats_server: NatsServer,
+    mesh: Mesh,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug in the outbound loop (injected for one event): the direction stops, health
+    # says `failed`, nothing at or after that event is acked, and a restart sends it all.
+    cfg = bridge_config(kafka, topics, tag)
+    events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(10)]
+    boom = events[4].event_id
+    real = mapping.nats_to_kafka
+
+    def failing(rule: Any, d: Any) -> Any:
+        if d.fields.event_id == boom:
+            raise RuntimeError("injected bug in the outbound mapping")
+        return real(rule, d)
+
+    monkeypatch.setattr(mapping, "nats_to_kafka", failing)
+    async with (
+        Mesh.connect(nats_server.url, service="bridge") as bm,
+        Bridge(cfg, bm) as bridge,
+    ):
+        await mesh.publish_many(events)
+        why = await asyncio.wait_for(bridge.wait_failed(), 30)
+        assert "injected bug in the outbound mapping" in why
+        assert (await bridge.status())["health"]["status"] == "failed"
+    monkeypatch.undo()
+    async with (
+        Mesh.connect(nats_server.url, service="bridge") as bm,
+        Bridge(cfg, bm),
+    ):
+        records = await asyncio.to_thread(
+            read_until_ids, kafka.bootstrap, topics["out"], {e.event_id for e in events}
+        )
+    got = [decode(r.value()).event_id for r in records]
+    assert set(got) == {e.event_id for e in events}
+    # The four before the failure may come twice (produced, then redelivered: their
+    # ack could not pass the failed one); the failed one and those after it once.
+    assert all(got.count(e.event_id) == 1 for e in events[4:])
