@@ -40,7 +40,7 @@ from nats.aio.client import Client
 
 from mesh import wire
 from mesh.errors import PublishError, PublishTimeout, StreamRejected
-from mesh.publisher import Item
+from mesh.publisher import ApiError, Item
 
 # nats-server's error code for a stream without `allow_batched`.
 BATCH_DISABLED = 10205
@@ -55,19 +55,13 @@ class BatchPublishDisabled(StreamRejected):
     """The stream does not allow fast batches; `mesh provision` turns them on."""
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
 class _Reply(msgspec.Struct):
     """Any answer to a batch: a flow message (`type` set) or the final PubAck."""
 
     type: str = ""
     seq: int = 0
     count: int = -1
-    error: _ApiError | None = None
+    error: ApiError | None = None
 
 
 _decode = msgspec.json.Decoder(_Reply).decode
@@ -79,7 +73,7 @@ class _Pending:
     def __init__(self, future: asyncio.Future[None]) -> None:
         self.future = future
         self.count = 0  # confirmed (stored) messages, from the final PubAck
-        self.error: _ApiError | None = None
+        self.error: ApiError | None = None
         self.error_seq = 1  # the batch message the error is about
 
 

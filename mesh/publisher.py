@@ -33,7 +33,9 @@ from mesh import wire
 from mesh.errors import PublishError, PublishNotPermitted, PublishTimeout, StreamRejected
 
 
-class _ApiError(msgspec.Struct):
+class ApiError(msgspec.Struct):
+    """The `error` object of a JetStream answer."""
+
     code: int = 0
     err_code: int = 0
     description: str = ""
@@ -43,7 +45,7 @@ class PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
-    error: _ApiError | None = None
+    error: ApiError | None = None
 
 
 _decode_ack = msgspec.json.Decoder(PubAck).decode
