@@ -64,11 +64,10 @@ class Inbound:
             collections.deque()
         )
         self.consumer: ConsumerThread | None = None
-        # DLQ delivery reports: opaque future per poison record.
         self._max_bytes = min(cfg.max_record_bytes, mesh.nc._max_payload or cfg.max_record_bytes)
-        # Set when a batch failed in a way no retry covers; nothing is committed after it.
-        self.failure: BaseException | None = None
-        self._committing = True  # until a batch failed or was cancelled
+        # False once a batch failed in a way no retry covers, or was cancelled: nothing is
+        # committed after it.
+        self._committing = True
         self.failed = failed  # the bridge's: set when a direction stopped for good
         # One confirmation per batch and stream instead of a PubAck per event.
         self._fast = FastBatchPublisher(
@@ -95,7 +94,6 @@ class Inbound:
 
     def _fail(self, exc: BaseException) -> None:
         self._committing = False
-        self.failure = exc
         self.metrics.failure = f"kafka -> nats stopped: {exc!r}"
         self.d.error(self.metrics.failure)
         log.error("kafka -> nats: a batch failed (%r); nothing more is committed", exc)
@@ -111,9 +109,9 @@ class Inbound:
 
     async def _run(self) -> None:
         # Up to DEPTH batches are published at once (frames go out in batch order on the
-        # one connection, and each batch fits the publisher's window, so one batch never
-        # waits for room in the middle of its frames); offsets are committed strictly in
-        # batch order, when every earlier batch is acked too.
+        # one connection: each batch's are written whole before it first waits; the
+        # chunk also fits the per-event publisher's window, the fallback's); offsets are
+        # committed strictly in batch order, when every earlier batch is stored too.
         room = asyncio.Semaphore(DEPTH)
         pending = self._handling
         chunk = max(500, self.mesh.publisher.window // (DEPTH + 1))
