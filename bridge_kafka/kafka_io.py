@@ -140,6 +140,9 @@ class ProducerThread:
         )
         self._work = asyncio.Event()
         self._pump_task = loop.create_task(self._pump(), name="kafka-producer")
+        # librdkafka's own produce, for a hot loop that calls `wake()` after its batch:
+        # produce_now(topic, value, key, headers=..., on_delivery=report).
+        self.produce_now = self.producer.produce
 
     def produce(
         self,
@@ -152,6 +155,10 @@ class ProducerThread:
         """Non-blocking; raises BufferError when librdkafka's queue is full. `report` must
         be made with this producer's `sink`."""
         self.producer.produce(topic, value, key, headers=headers, on_delivery=report)
+        self._work.set()
+
+    def wake(self) -> None:
+        """Records were produced (with `produce_now`): their reports are polled for."""
         self._work.set()
 
     def _poll(self) -> None:
