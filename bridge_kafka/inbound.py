@@ -237,7 +237,11 @@ class Inbound:
                 return
             except BatchPublishDisabled as e:
                 # A stream provisioned before fast batches: per-event acks still work.
-                log.warning("%s; run `mesh provision` (per-event PubAcks until then)", e)
+                log.warning(
+                    "%s; per-event PubAcks for that stream until the bridge restarts "
+                    "(`mesh provision` turns fast batches on)",
+                    e,
+                )
                 self._no_fast_batch.add(priority)
         await self.mesh.publisher.publish_many(items)
 
