@@ -93,4 +93,6 @@ class Metrics:
                 out.append(f'tm_bridge_lag{{{base},at="{where}"}} {lag}')
         for side, up in (("kafka", self.kafka_up), ("nats", self.nats_up)):
             out.append(f'tm_bridge_up{{bridge="{bridge}",side="{side}"}} {int(up)}')
+        # 1 once a direction stopped for good (the process should be restarted)
+        out.append(f'tm_bridge_failed{{bridge="{bridge}"}} {int(bool(self.failure))}')
         return "\n".join(out) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,49 @@ async def test_kafka_to_nats_on_streams_without_fast_batches_uses_per_event_acks
             got = [await sub.next(30) for _ in events]
     assert [d.event.event_id for d in got] == [e.event_id for e in events]
     assert "batch publish is disabled" in caplog.text
+
+
+async def test_metrics_file_has_counts_rates_lag_and_health_in_prometheus_text(
+    nats_server: NatsServer,
+    mesh: Mesh,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bridge.prom"
+    cfg = bridge_config(kafka, topics, tag)
+    events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(30)]
+    name = f'bridge="{cfg.name}"'
+
+    def lines() -> dict[str, float]:
+        if not path.exists():
+            return {}
+        return {
+            k: float(v) for k, v in (line.rsplit(" ", 1) for line in path.read_text().splitlines())
+        }
+
+    async with (
+        Mesh.connect(nats_server.url, service="bridge") as bm,
+        Bridge(cfg, bm, metrics_file=path),
+    ):
+        await produce_events(kafka.bootstrap, topics["in"], events)
+        await mesh.publish_many(  # these go out (the rule's filter)
+            [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"n": i}) for i in range(10)]
+        )
+        want = {
+            f'tm_bridge_delivered_total{{{name},direction="kafka_to_nats"}}': 30,
+            # 10 published here go out; the 30 from Kafka match the outbound rule too and
+            # count as loops, not deliveries
+            f'tm_bridge_delivered_total{{{name},direction="nats_to_kafka"}}': 10,
+            f'tm_bridge_skipped_loop_total{{{name},direction="nats_to_kafka"}}': 30,
+        }
+        await eventually(
+            lambda: all(lines().get(k) == v for k, v in want.items()), 30, "counts in the file"
+        )
+    got = lines()
+    assert got[f'tm_bridge_up{{{name},side="kafka"}}'] == 1
+    assert got[f'tm_bridge_up{{{name},side="nats"}}'] == 1
+    assert got[f"tm_bridge_failed{{{name}}}"] == 0
+    assert f'tm_bridge_rate_per_s{{{name},direction="kafka_to_nats"}}' in got
+    assert any(k.startswith(f'tm_bridge_lag{{{name},direction="kafka_to_nats"') for k in got)
