@@ -23,7 +23,7 @@ from bridge_kafka.config import BridgeConfig
 from bridge_kafka.errors import BridgeConfigError
 from bridge_kafka.inbound import Inbound
 from bridge_kafka.kafka_io import FutureReport, ProducerThread, Report
-from bridge_kafka.metrics import Metrics
+from bridge_kafka.metrics import Direction, Metrics
 from bridge_kafka.outbound import Outbound, _Pending
 from mesh import lag
 from mesh.catalog import BUILTIN, Catalog
@@ -72,11 +72,13 @@ class Bridge(AsyncResource):
             self.metrics,
         )
         if self.cfg.outbound:
-            self.outbound = Outbound(self.cfg, self.mesh, self.producer, self.metrics, self._failed)
+            self.outbound = Outbound(
+                self.cfg, self.mesh, self.producer, self.metrics, self._stopped
+            )
             await self.outbound.start()
         if self.cfg.inbound:
             self.inbound = Inbound(
-                self.cfg, self.mesh, self.catalog, self.producer, self.metrics, self._failed
+                self.cfg, self.mesh, self.catalog, self.producer, self.metrics, self._stopped
             )
             await self.inbound.start()
         self._status_sub = await self.mesh.nc.subscribe(self.cfg.status_subject, cb=self._status)
@@ -145,6 +147,14 @@ class Bridge(AsyncResource):
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    def _stopped(self, direction: Direction, name: str, exc: BaseException) -> None:
+        """A direction stopped for good (a failure no retry covers): said in health, the
+        metrics and the log, and `wait_failed` returns."""
+        self.metrics.failure = f"{name} stopped: {exc!r}"
+        direction.error(self.metrics.failure)
+        log.error("%s", self.metrics.failure, exc_info=exc)
+        self._failed.set()
 
     async def wait_failed(self) -> str:
         """Returns why, once a direction stopped for good (a failure no retry covers: a

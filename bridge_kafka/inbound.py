@@ -27,8 +27,8 @@ from bridge_kafka import mapping
 from bridge_kafka.config import BridgeConfig, InboundRule
 from bridge_kafka.errors import Poison
 from bridge_kafka.kafka_io import ConsumerThread, FutureReport, ProducerThread
-from bridge_kafka.metrics import Metrics
-from mesh.catalog import Catalog
+from bridge_kafka.metrics import Metrics, OnStop
+from mesh.catalog import Catalog, Priority
 from mesh.client import Mesh
 from mesh.errors import MeshError
 from mesh.fast_batch import BatchPublishDisabled, FastBatchPublisher
@@ -48,7 +48,7 @@ class Inbound:
         catalog: Catalog,
         producer: ProducerThread,
         metrics: Metrics,
-        failed: asyncio.Event,
+        on_stop: OnStop,
     ) -> None:
         self.cfg = cfg
         self.mesh = mesh
@@ -68,14 +68,14 @@ class Inbound:
         # False once a batch failed in a way no retry covers, or was cancelled: nothing is
         # committed after it.
         self._committing = True
-        self.failed = failed  # the bridge's: set when a direction stopped for good
+        self.on_stop = on_stop  # the bridge's: a direction stopped for good
         # One confirmation per batch and stream instead of a PubAck per event.
         self._fast = FastBatchPublisher(
             mesh.nc,
             ack_timeout=mesh.publisher.ack_timeout,
             deadline=mesh.publisher.deadline,
         )
-        self._no_fast_batch: set[str] = set()  # priorities whose stream refused them
+        self._no_fast_batch: set[Priority] = set()  # those whose stream refused them
 
     async def start(self) -> None:
         await self._fast.start()
@@ -94,14 +94,11 @@ class Inbound:
 
     def _fail(self, exc: BaseException) -> None:
         self._committing = False
-        self.metrics.failure = f"kafka -> nats stopped: {exc!r}"
-        self.d.error(self.metrics.failure)
-        log.error("kafka -> nats: a batch failed (%r); nothing more is committed", exc)
         if self._task is not None:
             self._task.cancel()
         for task in self._handling:
             task.cancel()  # never committed now: redelivered to the next run
-        self.failed.set()
+        self.on_stop(self.d, "kafka -> nats", exc)
 
     def _on_batches(self, batches: list[list[Message]]) -> None:
         for b in batches:
@@ -148,7 +145,8 @@ class Inbound:
     async def _handle(self, batch: list[Message]) -> tuple[int, list[TopicPartition]]:
         d = self.d
         d.received += len(batch)
-        items: list[Item] = []
+        # One fast batch per stream, that is per priority.
+        streams: dict[Priority, list[Item]] = {}
         poison: list[tuple[Message, Poison]] = []
         next_offset: dict[tuple[str, int], int] = {}
         for m in batch:
@@ -184,7 +182,9 @@ class Inbound:
                     self._max_bytes,
                     value if rule.format == "event" else None,
                 )
-                items.append((item.subject, item.headers, item.payload))
+                streams.setdefault(item.priority, []).append(
+                    (item.subject, item.headers, item.payload)
+                )
             except Poison as p:
                 poison.append((m, p))
         # Dead letters are queued and the publish frames written before this task first
@@ -192,9 +192,9 @@ class Inbound:
         # dead-letter topic.
         dead = self._dead_letter(poison) if poison else None
         try:
-            if items:
-                await self._publish(items)
-            d.delivered += len(items)
+            if streams:
+                await self._publish(streams)
+            d.delivered += sum(len(items) for items in streams.values())
             if dead is not None:
                 await dead
         finally:
@@ -202,11 +202,15 @@ class Inbound:
                 dead.cancel()  # shutting down mid-batch: no retries after close
         return len(batch), [TopicPartition(t, p, o) for (t, p), o in next_offset.items()]
 
-    async def _publish(self, items: list[Item]) -> None:
+    async def _publish(self, streams: dict[Priority, list[Item]]) -> None:
         delay = 0.1
         while True:
             try:
-                await self._store(items)
+                if len(streams) == 1:
+                    [(priority, items)] = streams.items()
+                    await self._store(priority, items)
+                else:
+                    await asyncio.gather(*(self._store(p, i) for p, i in streams.items()))
                 self.metrics.nats_up = True
                 return
             except (MeshError, nats.errors.Error) as e:
@@ -218,19 +222,7 @@ class Inbound:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _store(self, items: list[Item]) -> None:
-        # One fast batch per stream, that is per priority (the subject's second token).
-        groups: dict[str, list[Item]] = {}
-        for it in items:
-            subject = it[0]
-            groups.setdefault(subject[3 : subject.index(".", 3)], []).append(it)
-        if len(groups) == 1:
-            [(priority, group)] = groups.items()
-            await self._store_stream(priority, group)
-        else:
-            await asyncio.gather(*(self._store_stream(p, g) for p, g in groups.items()))
-
-    async def _store_stream(self, priority: str, items: list[Item]) -> None:
+    async def _store(self, priority: Priority, items: list[Item]) -> None:
         if priority not in self._no_fast_batch:
             try:
                 await self._fast.publish(items)

@@ -24,7 +24,7 @@ from bridge_kafka.errors import Poison
 from bridge_kafka.feed import Passed
 from mesh import events as ev
 from mesh import subjects, wire
-from mesh.catalog import Catalog
+from mesh.catalog import Catalog, Priority
 from mesh.errors import InvalidEvent, MalformedEvent, UnknownEventType
 from mesh.events import Event
 
@@ -48,11 +48,13 @@ _json = msgspec.json.Decoder(dict[str, Any])
 
 
 class NatsItem(msgspec.Struct):
-    """What the publisher sends: subject, header block, payload."""
+    """What the publisher sends: subject, header block, payload; and the priority, whose
+    stream the subject goes to."""
 
     subject: str
     headers: bytes
     payload: bytes
+    priority: Priority
 
 
 def header(headers: KafkaHeaders | None, name: str) -> str | None:
@@ -193,7 +195,7 @@ def event_to_nats(
     block = ("NATS/1.0\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode()
     if len(block) + len(payload) > max_bytes:
         raise Poison("too large", f"{len(block) + len(payload)} bytes > {max_bytes}")
-    return NatsItem(subject, block, payload)
+    return NatsItem(subject, block, payload, priority)
 
 
 _FROM_NATS = FROM_NATS.encode()

@@ -4,6 +4,7 @@ Prometheus text (`--metrics-file`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,10 @@ class Direction:
     def error(self, what: str) -> None:
         self.errors += 1
         self.last_error = what
+
+
+# How a direction says it stopped for good: (its counters, its name, why).
+OnStop = Callable[[Direction, str, BaseException], None]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from bridge_kafka.ackfloor import NEW, AckFloor, hold_seconds
 from bridge_kafka.config import BridgeConfig, OutboundRule
 from bridge_kafka.feed import Passed, PassThrough
 from bridge_kafka.kafka_io import ProducerThread, Report, Sink
-from bridge_kafka.metrics import Metrics
+from bridge_kafka.metrics import Metrics, OnStop
 from mesh import jsapi
 from mesh.client import Mesh
 from mesh.subscriber import Start, SubscriptionOptions, ack_many
@@ -51,13 +51,13 @@ class Outbound:
         mesh: Mesh,
         producer: ProducerThread,
         metrics: Metrics,
-        failed: asyncio.Event,
+        on_stop: OnStop,
     ) -> None:
         self.cfg = cfg
         self.mesh = mesh
         self.producer = producer
         self.metrics = metrics
-        self.failed = failed  # the bridge's: set when a direction stopped for good
+        self.on_stop = on_stop  # the bridge's: a direction stopped for good
         self.d = metrics.nats_to_kafka
         self._subs: list[PassThrough] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,13 +97,8 @@ class Outbound:
         """A rule's loop ended by an error (a bug): its events stop flowing, and the acks
         stop at the first one not done, so a restart redelivers the rest. Said loudly,
         for the supervisor to restart the process."""
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        self.metrics.failure = f"nats -> kafka stopped: {exc!r}"
-        self.d.error(self.metrics.failure)
-        log.error("nats -> kafka: the outbound loop failed (%r)", exc, exc_info=exc)
-        self.failed.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.on_stop(self.d, "nats -> kafka", exc)
 
     async def _run(self, sub: PassThrough, rule: OutboundRule, floors: dict[str, AckFloor]) -> None:
         # The per-event path, flat: this loop runs ~40,000 times a second and each Python
@@ -136,7 +131,7 @@ class Outbound:
                         continue
                     except BufferError:
                         pass  # librdkafka's queue is full: waited out below
-                await self._deliver_later(floor, d, rule)
+                await self._deliver_later(floor, d, rule, key, value, headers)
             producer.wake()
             if skipped:
                 self.d.skipped_loop += skipped
@@ -157,10 +152,17 @@ class Outbound:
             return False
         return True
 
-    async def _deliver_later(self, floor: AckFloor, d: Passed, rule: OutboundRule) -> None:
+    async def _deliver_later(
+        self,
+        floor: AckFloor,
+        d: Passed,
+        rule: OutboundRule,
+        key: bytes | None,
+        value: bytes,
+        headers: mapping.KafkaHeaders,
+    ) -> None:
         """What `_run` could not finish at once, right after it (nothing ran between): a
         record too large for Kafka goes to the dead letters, a full queue is waited out."""
-        key, value, headers = mapping.nats_to_kafka(rule, d)
         if len(value) > self.cfg.max_record_bytes:
             detail = f"{len(value)} > {self.cfg.max_record_bytes}"
             await self._dead_letter(floor, d, "too large", detail)
