@@ -5,11 +5,14 @@ window) is inside the end-to-end time the live readers measured during it."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
-from bridge_kafka.bench import _latency, _throughput
+from bridge_kafka.bench import _delivered, _latency, _throughput
 from bridge_kafka.broker import KafkaBroker
 from mesh.server import NatsServer
 
@@ -58,3 +61,38 @@ async def test_throughput_phase_reports_rate_and_bridge_cpu_per_event(
     for phase in (k2n, n2k):
         assert phase.per_s > 0
         assert 0 < phase.cpu_us < 1_000_000
+
+
+class _LateStatus:
+    """A bridge process as `_delivered` sees it, whose status answers are scripted: the
+    first says nothing was delivered, the second comes 0.5 s later (a loaded host) and
+    says everything was. The process is real and busy, so its CPU clock runs meanwhile."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        self.log = Path("/dev/null")
+
+    async def status(self, _nc: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            return {"k": {"delivered": 0}}
+        await asyncio.sleep(0.5)
+        return {"k": {"delivered": self.n}}
+
+
+async def test_cpu_per_event_counts_every_event_when_deliveries_are_first_seen_late() -> None:
+    """Until 2026-11-28 the CPU was counted from the first poll that saw a delivery: when
+    that poll saw them all, the span was empty and the bench reported 0 us per event
+    (seen once in a full run on a loaded host). It is counted from the last poll that saw
+    none, over every event."""
+    fake = _LateStatus(30_000)
+    try:
+        phase = await _delivered(fake, None, "k", 30_000)  # type: ignore[arg-type]
+    finally:
+        fake.proc.kill()
+        fake.proc.wait()
+    assert fake.calls == 2
+    # ~0.5 s of a busy process over 30,000 events: ~17 us each; at least one clock tick.
+    assert 0 < phase.cpu_us < 100
