@@ -110,28 +110,32 @@ async def _delivered(proc: BridgeProcess, nc: Client, direction: str, n: int) ->
     bridge's CPU per event from just before the first delivery: a figure the host's
     speed moves less than throughput, since the brokers' share of the 2 cores is not in
     it. The bridge's status is polled: a count inside another process is announced by
-    nothing."""
+    nothing. Its `cpu_s` is the process's own CPU clock (all threads, ns resolution): the
+    10 ms clock ticks of /proc read 0 over a short span, which a loaded host can leave."""
     deadline = time.perf_counter() + 150
     first: tuple[float, int, float] | None = None
-    # The CPU is counted from the last poll that saw nothing delivered, over every event:
-    # counted from the first poll that saw some, a loaded host could answer that poll so
-    # late that the span held a few thousand events and no whole CPU clock tick (10 ms).
+    # The CPU is counted from the last poll that saw nothing delivered, over every event,
+    # or, when no poll answered before deliveries began, over the same span as the rate.
     idle: tuple[int, float] | None = None
-    pid = proc.proc.pid if proc.proc is not None else 0
     while time.perf_counter() < deadline:
         try:
-            done = (await proc.status(nc))[direction]["delivered"]
+            status = await proc.status(nc)
         except (TimeoutError, NatsTimeout, NoRespondersError):
             # Not subscribed yet, or busy: ask again, unless the process is gone.
             if proc.proc is None or proc.proc.poll() is not None:
                 raise BridgeError(f"bridge process died: {proc.log.read_text()[-3000:]}") from None
             continue
-        now, cpu = time.perf_counter(), host.cpu_s(pid)
+        now, done, cpu = time.perf_counter(), status[direction]["delivered"], status["cpu_s"]
         if first is None:
             if done == 0:
                 idle = (done, cpu)
             else:
                 first = (now, done, cpu)
+                if done >= n and idle is None:
+                    raise BridgeError(
+                        f"bench: all {n} events ({direction}) were delivered before the "
+                        "bridge first answered; nothing to time (give more --events)"
+                    )
         if done >= n and first is not None:
             events = max(n - first[1], 1)
             since_done, since_cpu = idle or first[1:]

@@ -80,6 +80,8 @@ class Metrics:
         return {
             "health": self.health(),
             "uptime_s": round(time.time() - self.started, 1),
+            # The process's CPU so far (all threads; the benchmark's CPU per event).
+            "cpu_s": round(time.process_time(), 6),
             "kafka_to_nats": one(self.kafka_to_nats),
             "nats_to_kafka": one(self.nats_to_kafka),
         }
@@ -98,6 +100,8 @@ class Metrics:
                 out.append(f'tm_bridge_lag{{{base},at="{where}"}} {lag}')
         for side, up in (("kafka", self.kafka_up), ("nats", self.nats_up)):
             out.append(f'tm_bridge_up{{bridge="{bridge}",side="{side}"}} {int(up)}')
+        out.append(f'tm_bridge_process_cpu_seconds_total{{bridge="{bridge}"}} '
+                   f"{time.process_time():.3f}")
         # 1 once a direction stopped for good (the process should be restarted)
         out.append(f'tm_bridge_failed{{bridge="{bridge}"}} {int(bool(self.failure))}')
         return "\n".join(out) + "\n"

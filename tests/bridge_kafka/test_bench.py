@@ -5,15 +5,16 @@ window) is inside the end-to-end time the live readers measured during it."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from bridge_kafka.bench import _delivered, _latency, _throughput
+import pytest
+
+from bridge_kafka.bench import Delivered, _delivered, _latency, _throughput
 from bridge_kafka.broker import KafkaBroker
+from bridge_kafka.errors import BridgeError
 from mesh.server import NatsServer
 
 
@@ -63,36 +64,41 @@ async def test_throughput_phase_reports_rate_and_bridge_cpu_per_event(
         assert 0 < phase.cpu_us < 1_000_000
 
 
-class _LateStatus:
-    """A bridge process as `_delivered` sees it, whose status answers are scripted: the
-    first says nothing was delivered, the second comes 0.5 s later (a loaded host) and
-    says everything was. The process is real and busy, so its CPU clock runs meanwhile."""
+class _Scripted:
+    """A bridge process as `_delivered` sees it, whose status answers are scripted:
+    (delivered, the process's CPU seconds) per poll, as a loaded host can space them."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.calls = 0
-        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    def __init__(self, answers: list[tuple[int, float]]) -> None:
+        self.answers = answers
+        self.proc = None
         self.log = Path("/dev/null")
 
     async def status(self, _nc: Any) -> dict[str, Any]:
-        self.calls += 1
-        if self.calls == 1:
-            return {"k": {"delivered": 0}}
-        await asyncio.sleep(0.5)
-        return {"k": {"delivered": self.n}}
+        done, cpu = self.answers.pop(0)
+        return {"cpu_s": cpu, "k": {"delivered": done}}
 
 
-async def test_cpu_per_event_counts_every_event_when_deliveries_are_first_seen_late() -> None:
-    """Until 2026-11-28 the CPU was counted from the first poll that saw a delivery: when
-    that poll saw them all, the span was empty and the bench reported 0 us per event
-    (seen once in a full run on a loaded host). It is counted from the last poll that saw
-    none, over every event."""
-    fake = _LateStatus(30_000)
-    try:
-        phase = await _delivered(fake, None, "k", 30_000)  # type: ignore[arg-type]
-    finally:
-        fake.proc.kill()
-        fake.proc.wait()
-    assert fake.calls == 2
-    # ~0.5 s of a busy process over 30,000 events: ~17 us each; at least one clock tick.
-    assert 0 < phase.cpu_us < 100
+async def _phase(answers: list[tuple[int, float]], n: int) -> Delivered:
+    return await _delivered(_Scripted(answers), None, "k", n)  # type: ignore[arg-type]
+
+
+async def test_cpu_per_event_counts_from_the_last_poll_that_saw_nothing_delivered() -> None:
+    """Until 2026-11-28 the CPU came from /proc's 10 ms clock ticks, counted from the
+    first poll that saw a delivery: on a loaded host that poll came late, the span held no
+    tick, and the bench reported 0 us per event (a full run under load failed on it).
+    Now: the bridge's own CPU clock, from the last poll that saw none, over every event."""
+    phase = await _phase([(0, 1.0), (0, 1.1), (25_000, 1.35), (30_000, 1.4)], 30_000)
+    assert phase.cpu_us == pytest.approx(0.3 / 30_000 * 1e6)  # from the poll at 1.1 s
+    # Every event delivered by the first answer after the idle one: still counted.
+    phase = await _phase([(0, 2.0), (30_000, 2.3)], 30_000)
+    assert phase.cpu_us == pytest.approx(0.3 / 30_000 * 1e6)
+
+
+async def test_cpu_per_event_without_an_idle_poll_uses_the_span_of_the_rate() -> None:
+    phase = await _phase([(20_000, 5.0), (30_000, 5.1)], 30_000)
+    assert phase.cpu_us == pytest.approx(0.1 / 10_000 * 1e6)
+
+
+async def test_a_phase_over_before_the_first_answer_is_an_error_not_a_figure() -> None:
+    with pytest.raises(BridgeError, match="before the bridge first answered"):
+        await _phase([(30_000, 5.0)], 30_000)

@@ -255,5 +255,6 @@ async def test_metrics_file_has_counts_rates_lag_and_health_in_prometheus_text(
     assert got[f'tm_bridge_up{{{name},side="kafka"}}'] == 1
     assert got[f'tm_bridge_up{{{name},side="nats"}}'] == 1
     assert got[f"tm_bridge_failed{{{name}}}"] == 0
+    assert got[f"tm_bridge_process_cpu_seconds_total{{{name}}}"] > 0
     assert f'tm_bridge_rate_per_s{{{name},direction="kafka_to_nats"}}' in got
     assert any(k.startswith(f'tm_bridge_lag{{{name},direction="kafka_to_nats"') for k in got)
