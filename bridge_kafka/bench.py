@@ -116,7 +116,7 @@ async def _delivered(proc: BridgeProcess, nc: Client, direction: str, n: int) ->
     first: tuple[float, int, float] | None = None
     # The CPU is counted from the last poll that saw nothing delivered, over every event,
     # or, when no poll answered before deliveries began, over the same span as the rate.
-    idle: tuple[int, float] | None = None
+    idle_cpu: float | None = None
     while time.perf_counter() < deadline:
         try:
             status = await proc.status(nc)
@@ -128,21 +128,21 @@ async def _delivered(proc: BridgeProcess, nc: Client, direction: str, n: int) ->
         now, done, cpu = time.perf_counter(), status[direction]["delivered"], status["cpu_s"]
         if first is None:
             if done == 0:
-                idle = (done, cpu)
+                idle_cpu = cpu
             else:
                 first = (now, done, cpu)
-                if done >= n and idle is None:
+                if done >= n and idle_cpu is None:
                     raise BridgeError(
                         f"bench: all {n} events ({direction}) were delivered before the "
                         "bridge first answered; nothing to time (give more --events)"
                     )
         if done >= n and first is not None:
             events = max(n - first[1], 1)
-            since_done, since_cpu = idle or first[1:]
-            return Delivered(
-                per_s=events / max(now - first[0], 1e-6),
-                cpu_us=(cpu - since_cpu) / max(n - since_done, 1) * 1e6,
-            )
+            if idle_cpu is None:
+                cpu_us = (cpu - first[2]) / events * 1e6
+            else:
+                cpu_us = (cpu - idle_cpu) / n * 1e6
+            return Delivered(per_s=events / max(now - first[0], 1e-6), cpu_us=cpu_us)
         await asyncio.sleep(0.02)
     raise TimeoutError(f"bench: the bridge did not deliver {n} ({direction}) in time")
 

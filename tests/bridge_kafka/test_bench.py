@@ -57,7 +57,6 @@ async def test_throughput_phase_reports_rate_and_bridge_cpu_per_event(
 ) -> None:
     """Both directions deliver every event and each phase reports events/s and the
     bridge process's CPU per event (a real bridge process spends some on each)."""
-    # Enough events for the phases to last long enough for CPU clock ticks to count.
     k2n, n2k = await _throughput(nats_server.url, kafka.bootstrap, 30_000, tmp_path)
     for phase in (k2n, n2k):
         assert phase.per_s > 0
