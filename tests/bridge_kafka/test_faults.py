@@ -8,6 +8,7 @@ import collections
 import fcntl
 import sys
 import termios
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,35 @@ def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[
         c.close()
 
 
+def _inject_bug(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    event_id: Callable[[tuple[Any, ...]], str],
+    boom: str,
+    message: str,
+    mapped: Callable[[str], None] = lambda _id: None,
+) -> None:
+    """`mapping.<name>` raises RuntimeError(message) for the event `boom` (a bug no retry
+    covers) and maps every other one as before, calling `mapped` with its id first."""
+    real = getattr(mapping, name)
+
+    def failing(*args: Any) -> Any:
+        this = event_id(args)
+        if this == boom:
+            raise RuntimeError(message)
+        mapped(this)
+        return real(*args)
+
+    monkeypatch.setattr(mapping, name, failing)
+
+
+async def _stops_with(bridge: Bridge, message: str) -> None:
+    """The bridge says a direction stopped for good, why, and that its health failed."""
+    why = await asyncio.wait_for(bridge.wait_failed(), 30)
+    assert message in why
+    assert (await bridge.status())["health"]["status"] == "failed"
+
+
 async def test_a_batch_failing_unexpectedly_stops_commits_and_a_restart_skips_nothing(
     nats_server: NatsServer,
     mesh: Mesh,
@@ -257,25 +287,26 @@ async def test_a_batch_failing_unexpectedly_stops_commits_and_a_restart_skips_no
     after = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(5, 10)]
     boom = before[2].event_id
     later = {e.event_id for e in after}
-    real = mapping.event_to_nats
     handled_later = asyncio.Event()
 
-    def failing(event: Event, *args: Any) -> Any:
-        if event.event_id == boom:
-            raise RuntimeError("injected bug in the mapping")
-        if event.event_id in later:
+    def mapped(event_id: str) -> None:
+        if event_id in later:
             handled_later.set()
-        return real(event, *args)
 
-    monkeypatch.setattr(mapping, "event_to_nats", failing)
+    _inject_bug(
+        monkeypatch,
+        "event_to_nats",
+        lambda args: args[0].event_id,
+        boom,
+        "injected bug in the mapping",
+        mapped,
+    )
     async with (
         Mesh.connect(nats_server.url, service="bridge") as bm,
         Bridge(cfg, bm) as bridge,
     ):
         await produce_events(kafka.bootstrap, topics["in"], before)
-        why = await asyncio.wait_for(bridge.wait_failed(), 30)
-        assert "injected bug in the mapping" in why
-        assert (await bridge.status())["health"]["status"] == "failed"
+        await _stops_with(bridge, "injected bug in the mapping")
         # Records after the failure are not handled (so never committed past it); the
         # wait is the time a bridge that went on would need to handle them.
         await produce_events(kafka.bootstrap, topics["in"], after)
@@ -341,22 +372,19 @@ async def test_the_nats_to_kafka_loop_failing_says_so_and_a_restart_loses_nothin
     cfg = bridge_config(kafka, topics, tag)
     events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(10)]
     boom = events[4].event_id
-    real = mapping.nats_to_kafka
-
-    def failing(rule: Any, d: Any) -> Any:
-        if d.fields.event_id == boom:
-            raise RuntimeError("injected bug in the outbound mapping")
-        return real(rule, d)
-
-    monkeypatch.setattr(mapping, "nats_to_kafka", failing)
+    _inject_bug(
+        monkeypatch,
+        "nats_to_kafka",
+        lambda args: args[1].fields.event_id,
+        boom,
+        "injected bug in the outbound mapping",
+    )
     async with (
         Mesh.connect(nats_server.url, service="bridge") as bm,
         Bridge(cfg, bm) as bridge,
     ):
         await mesh.publish_many(events)
-        why = await asyncio.wait_for(bridge.wait_failed(), 30)
-        assert "injected bug in the outbound mapping" in why
-        assert (await bridge.status())["health"]["status"] == "failed"
+        await _stops_with(bridge, "injected bug in the outbound mapping")
     monkeypatch.undo()
     async with (
         Mesh.connect(nats_server.url, service="bridge") as bm,
