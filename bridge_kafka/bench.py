@@ -16,7 +16,8 @@ system pays too. The added latency needs no reader during the window: the bench 
 topics and both subjects back after it. Live readers cost CPU on the two cores the path
 runs on (decisions §17), so they run only when asked; the Kafka-side one is a process of
 its own (bridge_kafka.bench_reader: as a thread here it fought the load loop for the GIL).
-The bridge runs as its own process (`mesh bridge run`); Kafka, NATS, the bridge and the
+The bridge runs as processes of its own (`mesh bridge run`): in the latency phase one per
+direction (`--direction`, the recommended deployment); Kafka, NATS, the bridge and the
 load generator share the 2 cores.
 """
 
@@ -49,7 +50,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from bridge_kafka.bench_reader import created_ns, latency_histogram, record_ns
 from bridge_kafka.broker import KafkaBroker, create_topics
-from bridge_kafka.config import BridgeConfig
+from bridge_kafka.config import DIRECTIONS, BridgeConfig
 from bridge_kafka.errors import BridgeError
 from bridge_kafka.mapping import HDR_KAFKA_POS, KAFKA_NATS_POS, KafkaHeaders, header
 from bridge_kafka.process import BridgeProcess
@@ -261,16 +262,17 @@ async def _stored(mesh: Mesh, subjects: str, count: int) -> list[Delivery]:
     return out
 
 
-async def _all_bridged(proc: BridgeProcess, nc: Client, sent: dict[str, int]) -> None:
-    """Waits until the bridge has every event of the window confirmed by the destination
-    (the delivered counts: nothing else goes through this bridge)."""
+async def _all_bridged(proc: BridgeProcess, nc: Client, direction: str, n: int) -> Any:
+    """Waits until the bridge process has all `n` events of the window confirmed by the
+    destination (the delivered count: nothing else goes through this bridge); returns
+    the direction's status then."""
     deadline = time.monotonic() + 60
     while True:
-        status = await proc.status(nc)
-        if all(status[d]["delivered"] >= n for d, n in sent.items()):
-            return
+        status = (await proc.status(nc))[direction]
+        if status["delivered"] >= n:
+            return status
         if time.monotonic() > deadline:
-            raise BridgeError(f"bench: the bridge delivered {status} of {sent} in 60 s")
+            raise BridgeError(f"bench: the bridge delivered {status} of {n} ({direction}) in 60 s")
         await asyncio.sleep(0.1)
 
 
@@ -342,9 +344,13 @@ async def _latency(
         if reader is not None:
             stack.callback(reader.kill)
             await reader.ready()
-        proc = BridgeProcess(_cfg(bootstrap, f"lat{run}", k_in, k_out, nsym), url, work)
-        stack.callback(proc.stop)
-        await proc.start()
+        # The bridge as one process per direction (decisions §22): neither waits for the
+        # other's work in its interpreter.
+        cfg = _cfg(bootstrap, f"lat{run}", k_in, k_out, nsym)
+        procs = {d: BridgeProcess(cfg, url, work, direction=d) for d in DIRECTIONS}
+        for proc in procs.values():
+            stack.callback(proc.stop)
+            await proc.start()
         async with (
             Mesh.connect(url, service="bench-bridge") as mesh,
             contextlib.AsyncExitStack() as live,
@@ -380,10 +386,9 @@ async def _latency(
                 next_t += tick
                 await asyncio.sleep(max(0.0, next_t - time.monotonic()))
             await asyncio.to_thread(producer.flush, 10)
-            await _all_bridged(proc, mesh.nc, {"kafka_to_nats": i, "nats_to_kafka": i})
+            status = {d: await _all_bridged(p, mesh.nc, d, i) for d, p in procs.items()}
             if rx is not None:
                 rx.cancel()
-            status = await proc.status(mesh.nc)
             n2k_e2e = await reader.result() if reader is not None else None
             k2n = await _stored(mesh, f"tm.*.*.*.{ksym}.>", i)
             n_stored = await _stored(mesh, f"tm.*.*.*.{nsym}.>", i)
@@ -392,10 +397,7 @@ async def _latency(
     added = _added(since, k_in_recs, k2n, k_out_recs, n_stored)
     out: dict[str, Any] = {
         "added": {d: _quantiles(h) for d, h in added.items()},
-        "errors": {
-            "kafka_to_nats": status["kafka_to_nats"]["errors"],
-            "nats_to_kafka": status["nats_to_kafka"]["errors"],
-        },
+        "errors": {d: s["errors"] for d, s in status.items()},
     }
     if n2k_e2e is not None:
         out["end_to_end"] = {

@@ -1,10 +1,12 @@
-"""The bridge: one process, both directions, health and metrics.
+"""The bridge: one process, both directions (or one of them), health and metrics.
 
     async with Bridge(cfg, mesh) as bridge:
         await bridge.wait_closed()
 
-Status answers on NATS at `tmbridge.status.<name>` (`mesh bridge status`), and, if a
-path is given, as Prometheus text rewritten every second.
+With `part` set, the process runs that direction's rules only: a bridge may run as one
+process per direction under one name (decisions §22). Status answers on NATS at
+`tmbridge.status.<name>` (`mesh bridge status`; a part also at `...<name>.<part>`), and,
+if a path is given, as Prometheus text rewritten every second.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Self
 
 from confluent_kafka import KafkaError
 
-from bridge_kafka.config import BridgeConfig
+from bridge_kafka.config import BridgeConfig, DirectionName, status_subject
 from bridge_kafka.errors import BridgeConfigError
 from bridge_kafka.inbound import Inbound
 from bridge_kafka.kafka_io import FutureReport, ProducerThread, Report
@@ -41,19 +43,22 @@ class Bridge(AsyncResource):
         *,
         catalog: Catalog = BUILTIN,
         metrics_file: str | Path | None = None,
+        part: DirectionName | None = None,
     ) -> None:
         if not cfg.bootstrap:
             raise BridgeConfigError("the bridge is off: set `bootstrap` (Kafka address)")
-        self.cfg = cfg
+        configured = cfg.directions
+        self.cfg = cfg.only(part) if part is not None else cfg
+        self.part = part
         self.mesh = mesh
         self.catalog = catalog
-        self.metrics = Metrics()
+        self.metrics = Metrics(serves=self.cfg.directions, configured=configured, part=part)
         self.metrics_file = Path(metrics_file) if metrics_file else None
         self.producer: ProducerThread | None = None
         self.inbound: Inbound | None = None
         self.outbound: Outbound | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._status_sub: Any = None
+        self._status_subs: list[Any] = []
         self._lag_sub: Any = None
         self._closed = asyncio.Event()
         self._failed = asyncio.Event()  # a direction stopped for good (metrics.failure: why)
@@ -81,7 +86,11 @@ class Bridge(AsyncResource):
                 self.cfg, self.mesh, self.catalog, self.producer, self.metrics, self._stopped
             )
             await self.inbound.start()
-        self._status_sub = await self.mesh.nc.subscribe(self.cfg.status_subject, cb=self._status)
+        subjects = [self.cfg.status_subject]
+        if self.part is not None:
+            subjects.append(status_subject(self.cfg.name, self.part))
+        for subject in subjects:
+            self._status_subs.append(await self.mesh.nc.subscribe(subject, cb=self._status))
         if self.cfg.inbound:
             # Kafka-side backlog for `mesh streams` (the NATS-side one is JetStream's own)
             self._lag_sub = await lag.serve(
@@ -121,8 +130,8 @@ class Bridge(AsyncResource):
         if self.outbound is not None:
             out["nats_to_kafka"]["inflight"] = self.outbound.inflight()
             out["nats_to_kafka"]["ack_holds"] = self.outbound.ack_holds()
-        if self.producer is not None:
-            out["nats_to_kafka"]["producer_queue"] = self.producer.in_queue()
+            if self.producer is not None:
+                out["nats_to_kafka"]["producer_queue"] = self.producer.in_queue()
         return out
 
     async def _ticker(self) -> None:
@@ -166,7 +175,7 @@ class Bridge(AsyncResource):
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for sub in (self._status_sub, self._lag_sub):
+        for sub in (*self._status_subs, self._lag_sub):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

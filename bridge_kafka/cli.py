@@ -1,6 +1,7 @@
 """This part's `mesh` sub-commands (wired in by node/cli.py):
 
-mesh bridge run -f bridge.toml [--metrics-file m.prom]   the bridge, until Ctrl-C
+mesh bridge run -f bridge.toml [--direction D] [--metrics-file m.prom]
+                                                         the bridge, until Ctrl-C
 mesh bridge status [--name bridge-1]                     health, lag, counts (JSON)
 mesh bridge kafka [--dir DIR]                            a loopback Kafka 4 broker
 mesh bench bridge                                        throughput and added latency
@@ -16,6 +17,7 @@ import signal
 import tempfile
 
 from bridge_kafka import config as bcfg
+from bridge_kafka import status as bstatus
 from mesh import config
 from mesh.cli import SubParsers
 from mesh.client import Mesh, connect_nats
@@ -46,12 +48,17 @@ async def cmd_run(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     if not bc.bootstrap:
         print("bridge: off (no `bootstrap` configured)")
         return 0
+    part = args.direction
     mesh = Mesh.from_config(cfg, _url(args, cfg), args.user, args.password)
-    mesh.service = f"bridge-{bc.name}"
-    bridge = Bridge(bc, mesh, catalog=cfg.build_catalog(), metrics_file=args.metrics_file)
+    mesh.service = f"bridge-{bc.name}" + (f"-{part}" if part else "")
+    bridge = Bridge(
+        bc, mesh, catalog=cfg.build_catalog(), metrics_file=args.metrics_file, part=part
+    )
+    serves = ", ".join(bridge.cfg.directions)
     async with mesh, bridge:
         print(
-            f"bridge {bc.name}: running (Kafka {bc.bootstrap}, NATS {_url(args, cfg)})", flush=True
+            f"bridge {bc.name}: running {serves} (Kafka {bc.bootstrap}, NATS {_url(args, cfg)})",
+            flush=True,
         )
         signalled = asyncio.ensure_future(_until_signal())
         failed = asyncio.ensure_future(bridge.wait_failed())
@@ -69,13 +76,14 @@ async def cmd_status(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     password = args.password if args.user else cfg.nats.password
     nc = await connect_nats(_url(args, cfg), user, password)
     try:
-        msg = await nc.request(bcfg.status_subject(args.name), b"", timeout=args.timeout)
-    except Exception as e:
-        print(json.dumps({"name": args.name, "health": {"status": "unreachable", "error": str(e)}}))
-        return 1
+        replies = await bstatus.gather(nc, args.name, args.timeout)
     finally:
         await nc.close()
-    status = json.loads(msg.data)
+    if not replies:
+        error = f"no process of bridge {args.name!r} answered in {args.timeout}s"
+        print(json.dumps({"name": args.name, "health": {"status": "unreachable", "error": error}}))
+        return 1
+    status = bstatus.merge(replies)
     print(json.dumps(status, indent=2))
     return 0 if status["health"]["status"] == "ok" else 1
 
@@ -109,9 +117,17 @@ def register(commands: SubParsers, benches: SubParsers) -> None:
     r = sub.add_parser("run", help="run the bridge from a bridge config file")
     r.add_argument("-f", "--file", required=True, help="bridge config (TOML)")
     r.add_argument("--bootstrap", help="Kafka bootstrap address (overrides the file)")
+    r.add_argument(
+        "--direction",
+        choices=bcfg.DIRECTIONS,
+        help="run only this direction's rules (one process per direction, same name and"
+        " positions; `bridge status` merges them). Default: every direction the file has",
+    )
     r.add_argument("--metrics-file", help="write Prometheus text here every second")
     r.set_defaults(fn=cmd_run)
-    s = sub.add_parser("status", help="health, lag, throughput, errors, DLQ counts")
+    s = sub.add_parser(
+        "status", help="health, lag, throughput, errors, DLQ counts (all its processes)"
+    )
     s.add_argument("--name", default="bridge", help="the bridge's `name`")
     s.add_argument("--timeout", type=float, default=2.0)
     s.set_defaults(fn=cmd_status)

@@ -31,6 +31,15 @@ import msgspec
 
 from bridge_kafka.errors import BridgeConfigError
 
+# The two directions, spelled as in the bridge's status and metrics.
+DirectionName = Literal["kafka_to_nats", "nats_to_kafka"]
+DIRECTIONS: tuple[DirectionName, ...] = ("kafka_to_nats", "nats_to_kafka")
+# Each direction's rule table in the config file.
+RULES: dict[DirectionName, Literal["inbound", "outbound"]] = {
+    "kafka_to_nats": "inbound",
+    "nats_to_kafka": "outbound",
+}
+
 
 class InboundRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     topics: list[str]
@@ -78,6 +87,23 @@ class BridgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def status_subject(self) -> str:
         return status_subject(self.name)
 
+    @property
+    def directions(self) -> list[DirectionName]:
+        """The directions this config has rules for."""
+        return [d for d in DIRECTIONS if getattr(self, RULES[d])]
+
+    def only(self, direction: DirectionName) -> BridgeConfig:
+        """This config with one direction's rules: what a process serving only that
+        direction runs. Its name is unchanged, and with it the consumer group and the
+        durable consumers, so positions carry over between one process for both
+        directions and one per direction (decisions §22)."""
+        if direction not in self.directions:
+            raise BridgeConfigError(
+                f"bridge {self.name}: no [[{RULES[direction]}]] rules, so nothing to run"
+                f" for {direction}; add rules or run the other direction"
+            )
+        return msgspec.structs.replace(self, **{RULES[d]: [] for d in DIRECTIONS if d != direction})
+
     def validate(self) -> BridgeConfig:
         for r in self.inbound:
             if r.format == "foreign" and not (r.event_type or r.event_type_from):
@@ -94,8 +120,10 @@ class BridgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self
 
 
-def status_subject(name: str) -> str:
-    return f"tmbridge.status.{name}"
+def status_subject(name: str, direction: DirectionName | None = None) -> str:
+    """Every process of the bridge `name` answers on the first; a process that serves one
+    direction also on `<first>.<direction>` (how a caller asks that process alone)."""
+    return f"tmbridge.status.{name}" + (f".{direction}" if direction else "")
 
 
 def loads(text: str) -> BridgeConfig:

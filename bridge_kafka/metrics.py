@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge_kafka.config import DIRECTIONS, DirectionName
+
 
 @dataclass
 class Direction:
@@ -47,6 +49,11 @@ class Metrics:
     # Why a direction stopped for good (the process should exit and be restarted).
     failure: str = ""
     started: float = field(default_factory=time.time)
+    # The directions this process runs, those its config file has rules for, and which
+    # one it was started for (None: every direction the file has).
+    serves: list[DirectionName] = field(default_factory=lambda: list(DIRECTIONS))
+    configured: list[DirectionName] = field(default_factory=lambda: list(DIRECTIONS))
+    part: DirectionName | None = None
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -82,26 +89,27 @@ class Metrics:
             "uptime_s": round(time.time() - self.started, 1),
             # The process's CPU so far (all threads; the benchmark's CPU per event).
             "cpu_s": round(time.process_time(), 6),
-            "kafka_to_nats": one(self.kafka_to_nats),
-            "nats_to_kafka": one(self.nats_to_kafka),
+            "serves": list(self.serves),
+            "configured": list(self.configured),
+            **{direction: one(getattr(self, direction)) for direction in self.serves},
         }
 
     def prometheus(self, bridge: str) -> str:
         out: list[str] = []
-        for direction, d in (
-            ("kafka_to_nats", self.kafka_to_nats),
-            ("nats_to_kafka", self.nats_to_kafka),
-        ):
+        for direction in self.serves:
+            d: Direction = getattr(self, direction)
             base = f'bridge="{bridge}",direction="{direction}"'
             for name in ("received", "delivered", "skipped_loop", "dlq", "errors"):
                 out.append(f"tm_bridge_{name}_total{{{base}}} {getattr(d, name)}")
             out.append(f"tm_bridge_rate_per_s{{{base}}} {d.rate:.1f}")
             for where, lag in sorted(d.lag.items()):
                 out.append(f'tm_bridge_lag{{{base},at="{where}"}} {lag}')
+        # Series of the process, not of a direction: with one process per direction, each
+        # process's series carry its `part`, so the two files do not hold the same series.
+        proc = f'bridge="{bridge}"' + (f',part="{self.part}"' if self.part else "")
         for side, up in (("kafka", self.kafka_up), ("nats", self.nats_up)):
-            out.append(f'tm_bridge_up{{bridge="{bridge}",side="{side}"}} {int(up)}')
-        out.append(f'tm_bridge_process_cpu_seconds_total{{bridge="{bridge}"}} '
-                   f"{time.process_time():.3f}")
+            out.append(f'tm_bridge_up{{{proc},side="{side}"}} {int(up)}')
+        out.append(f"tm_bridge_process_cpu_seconds_total{{{proc}}} {time.process_time():.3f}")
         # 1 once a direction stopped for good (the process should be restarted)
-        out.append(f'tm_bridge_failed{{bridge="{bridge}"}} {int(bool(self.failure))}')
+        out.append(f"tm_bridge_failed{{{proc}}} {int(bool(self.failure))}")
         return "\n".join(out) + "\n"

@@ -14,19 +14,30 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from bridge_kafka.config import BridgeConfig, dumps, status_subject
+from bridge_kafka.config import BridgeConfig, DirectionName, dumps, status_subject
 from bridge_kafka.errors import BridgeError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class BridgeProcess:
-    def __init__(self, cfg: BridgeConfig, nats_url: str, workdir: Path) -> None:
+    """`mesh bridge run` for `cfg`; with `direction`, for that direction only
+    (`--direction`), so two of them run one bridge."""
+
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        nats_url: str,
+        workdir: Path,
+        direction: DirectionName | None = None,
+    ) -> None:
         self.cfg = cfg
         self.nats_url = nats_url
-        self.file = workdir / f"{cfg.name}.toml"
+        self.direction = direction
+        stem = cfg.name + (f"-{direction}" if direction else "")
+        self.file = workdir / f"{stem}.toml"
         self.file.write_text(dumps(cfg))
-        self.log = workdir / f"{cfg.name}.log"
+        self.log = workdir / f"{stem}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
@@ -42,6 +53,7 @@ class BridgeProcess:
                 "run",
                 "-f",
                 str(self.file),
+                *(["--direction", self.direction] if self.direction else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -61,7 +73,8 @@ class BridgeProcess:
             await asyncio.sleep(0.02)
 
     async def status(self, nc: Client) -> dict[str, Any]:
-        msg = await nc.request(status_subject(self.cfg.name), b"", timeout=2.0)
+        """This process's own status (with a direction: not its sibling's)."""
+        msg = await nc.request(status_subject(self.cfg.name, self.direction), b"", timeout=2.0)
         out: dict[str, Any] = json.loads(msg.data)
         return out
 

@@ -14,7 +14,7 @@ import pytest
 
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker, create_topics
-from bridge_kafka.config import BridgeConfig
+from bridge_kafka.config import BridgeConfig, DirectionName
 from bridge_kafka.process import BridgeProcess
 from mesh.client import Mesh
 from mesh.server import NatsServer
@@ -68,8 +68,8 @@ async def bridge(
 def bridge_process(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
     made: list[BridgeProcess] = []
 
-    def make(cfg: BridgeConfig) -> BridgeProcess:
-        p = BridgeProcess(cfg, nats_server.url, tmp_path)
+    def make(cfg: BridgeConfig, direction: DirectionName | None = None) -> BridgeProcess:
+        p = BridgeProcess(cfg, nats_server.url, tmp_path, direction)
         made.append(p)
         return p
 

@@ -351,6 +351,7 @@ async def test_bridge_run_exits_1_when_a_batch_fails_beyond_retry(
         user=None,
         password=None,
         metrics_file=None,
+        direction=None,
     )
     run = asyncio.create_task(cli.cmd_run(args, config.MeshConfig()))
     events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": 0})]
