@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from gateway.gcwatch import WATCH, BurstFreezer
 from gateway.limits import Buckets
 from gateway.metrics import Metrics
 from gateway.session import Session
-from mesh import jsapi
+from mesh import gcpolicy, jsapi
 from mesh.catalog import Catalog
 from mesh.client import Mesh
 
@@ -78,8 +77,7 @@ class Gateway:
         # the process: moved out of the collector's sight, so a full collection walks
         # only what came after (sessions). Before: one full collection per process
         # during the 1,000-client connect burst, 45-107 ms, all sessions stalled.
-        gc.collect()
-        gc.freeze()
+        gcpolicy.settle()
         WATCH.reset()  # count what happens while serving
         self._ticker = asyncio.create_task(self._tick())
         if self.settings.flush_ms > 0:

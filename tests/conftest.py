@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -48,3 +49,13 @@ def fresh_server(tmp_path: Path) -> Iterator[NatsServer]:
     asyncio.run(provision_streams(server.url))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    """For a test that changes the collector's settings in the test process (a process
+    entry point run in-process, mesh.gcpolicy): they are put back afterwards."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import collections
 import fcntl
+import gc
 import sys
 import termios
 from collections.abc import Callable
@@ -334,6 +335,7 @@ async def test_bridge_run_exits_1_when_a_batch_fails_beyond_retry(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    gc_restored: None,
 ) -> None:
     # `mesh bridge run` as its supervisor sees it: the failure ends the process with 1.
     cfg = bridge_config(kafka, topics, tag)
@@ -358,6 +360,8 @@ async def test_bridge_run_exits_1_when_a_batch_fails_beyond_retry(
     await produce_events(kafka.bootstrap, topics["in"], events)
     assert await asyncio.wait_for(run, 30) == 1
     assert "injected bug in the mapping" in capsys.readouterr().out
+    # The process settled its collector once running (mesh.gcpolicy).
+    assert gc.get_freeze_count() > 0
 
 
 async def test_the_nats_to_kafka_loop_failing_says_so_and_a_restart_loses_nothing(
