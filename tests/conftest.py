@@ -53,9 +53,7 @@ def fresh_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 def gc_restored() -> Iterator[None]:
-    """For a test that changes the collector's settings in the test process (a process
-    entry point run in-process, mesh.gcpolicy): they are put back afterwards."""
-    threshold = gc.get_threshold()
+    """For a test that freezes the test process's objects (a process entry point run
+    in-process calls mesh.gcpolicy.settle): they are unfrozen afterwards."""
     yield
     gc.unfreeze()
-    gc.set_threshold(*threshold)
