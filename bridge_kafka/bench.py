@@ -262,20 +262,6 @@ async def _stored(mesh: Mesh, subjects: str, count: int) -> list[Delivery]:
     return out
 
 
-async def _all_bridged(proc: BridgeProcess, nc: Client, direction: str, n: int) -> Any:
-    """Waits until the bridge process has all `n` events of the window confirmed by the
-    destination (the delivered count: nothing else goes through this bridge); returns
-    the direction's status then."""
-    deadline = time.monotonic() + 60
-    while True:
-        status = (await proc.status(nc))[direction]
-        if status["delivered"] >= n:
-            return status
-        if time.monotonic() > deadline:
-            raise BridgeError(f"bench: the bridge delivered {status} of {n} ({direction}) in 60 s")
-        await asyncio.sleep(0.1)
-
-
 def _quantiles(h: HdrHistogram) -> dict[str, float]:
     return {
         "p50": round(h.get_value_at_percentile(50) / 1000, 2),
@@ -386,7 +372,9 @@ async def _latency(
                 next_t += tick
                 await asyncio.sleep(max(0.0, next_t - time.monotonic()))
             await asyncio.to_thread(producer.flush, 10)
-            status = {d: await _all_bridged(p, mesh.nc, d, i) for d, p in procs.items()}
+            # Every event of the window confirmed by its destination (nothing else goes
+            # through these bridges).
+            status = {d: await p.wait_delivered(mesh.nc, d, i) for d, p in procs.items()}
             if rx is not None:
                 rx.cancel()
             n2k_e2e = await reader.result() if reader is not None else None

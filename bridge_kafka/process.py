@@ -78,6 +78,23 @@ class BridgeProcess:
         out: dict[str, Any] = json.loads(msg.data)
         return out
 
+    async def wait_delivered(
+        self, nc: Client, direction: DirectionName, n: int, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """This process's status of `direction` once `n` of its events are confirmed by
+        the destination. Polled: a count inside another process is announced by nothing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status: dict[str, Any] = (await self.status(nc))[direction]
+            if status["delivered"] >= n:
+                return status
+            if time.monotonic() > deadline:
+                raise BridgeError(
+                    f"bridge {self.cfg.name}: {status['delivered']} of {n} events delivered"
+                    f" ({direction}) in {timeout:g} s"
+                )
+            await asyncio.sleep(0.1)
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()

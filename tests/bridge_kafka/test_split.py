@@ -13,14 +13,12 @@ from typing import Any
 import pytest
 
 from bridge_kafka.broker import KafkaBroker
-from bridge_kafka.process import BridgeProcess
 from mesh.client import Mesh
 from mesh.events import Event, decode
 from mesh.server import NatsServer
 from mesh.subscriber import Start
 from tests.bridge_kafka.conftest import bridge_config
 from tests.bridge_kafka.kafka_helpers import produce_events, read_until_ids
-from tests.bridge_kafka.test_faults import eventually_async
 from tests.helpers import mesh_command
 
 
@@ -39,19 +37,6 @@ async def _send(
     await produce_events(kafka.bootstrap, topics["in"], to_nats)
     await mesh.publish_many(to_kafka)
     return to_nats, to_kafka
-
-
-async def _delivered(proc: BridgeProcess, mesh: Mesh, direction: str, n: int) -> dict[str, Any]:
-    """The process's status once it has `n` events of `direction` confirmed (a count
-    inside another process, announced by nothing: polled)."""
-    got: dict[str, Any] = {}
-
-    async def done() -> bool:
-        got.update((await proc.status(mesh.nc))[direction])
-        return bool(got["delivered"] >= n)
-
-    await eventually_async(done, 60, f"{n} delivered {direction}")
-    return got
 
 
 async def _out_records(kafka: KafkaBroker, topics: dict[str, str], want: set[str]) -> list[Any]:
@@ -92,10 +77,10 @@ async def test_one_process_per_direction_delivers_and_status_merges_and_names_a_
     )
     # Each process reports only its own direction; the outbound one skipped the 50 that
     # came from Kafka (the loop breaker works across processes: it is in the headers).
-    out = await _delivered(n2k, mesh, "nats_to_kafka", 50)
+    out = await n2k.wait_delivered(mesh.nc, "nats_to_kafka", 50)
     assert out["skipped_loop"] == 50
     assert "kafka_to_nats" not in await n2k.status(mesh.nc)
-    await _delivered(k2n, mesh, "kafka_to_nats", 50)
+    await k2n.wait_delivered(mesh.nc, "kafka_to_nats", 50)
 
     code, merged = await _status(nats_server, cfg.name)
     assert code == 0
@@ -126,8 +111,8 @@ async def test_positions_carry_over_from_one_process_to_one_per_direction(
     both = bridge_process(cfg)
     await both.start()
     first = await _send(mesh, kafka, topics, tag, "a", n)
-    await _delivered(both, mesh, "kafka_to_nats", n)
-    await _delivered(both, mesh, "nats_to_kafka", n)
+    await both.wait_delivered(mesh.nc, "kafka_to_nats", n)
+    await both.wait_delivered(mesh.nc, "nats_to_kafka", n)
     both.stop()  # SIGTERM: offsets committed, Kafka-confirmed events acked
 
     k2n = bridge_process(cfg, direction="kafka_to_nats")
@@ -135,8 +120,8 @@ async def test_positions_carry_over_from_one_process_to_one_per_direction(
     await k2n.start()
     await n2k.start()
     second = await _send(mesh, kafka, topics, tag, "b", n)
-    k2n_status = await _delivered(k2n, mesh, "kafka_to_nats", n)
-    await _delivered(n2k, mesh, "nats_to_kafka", n)
+    k2n_status = await k2n.wait_delivered(mesh.nc, "kafka_to_nats", n)
+    await n2k.wait_delivered(mesh.nc, "nats_to_kafka", n)
     # The consumer group's committed offsets: only the second batch was read from Kafka.
     assert k2n_status["received"] == n
 
