@@ -63,6 +63,8 @@ class Gateway:
         self._empty = asyncio.Event()
         self.flush_set: set[Session] = set()
         self.flush_wanted = asyncio.Event()
+        if settings.flush_ms > 0:
+            self.hub.coalesce(self.flush_wanted)
         self._flusher: asyncio.Task[None] | None = None
 
     def _queue_depth(self) -> dict[str, int]:
@@ -84,10 +86,12 @@ class Gateway:
             self._flusher = asyncio.create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        """Flushes the sessions with non-critical events queued, flush_ms after the first
-        of them arrived: the per-frame cost, not the per-event cost, limits a WebSocket
-        server, so events that arrive within one window share a frame."""
+        """Flushes the sessions with non-critical events queued or in their groups'
+        windows, flush_ms after the first of them arrived: the per-frame cost, not the
+        per-event cost, limits a WebSocket server, so events that arrive within one window
+        share a frame."""
         interval = self.settings.flush_ms / 1000
+        queues = self.settings.queues
         loop = asyncio.get_running_loop()
         wanted = self.flush_wanted
         while True:
@@ -97,8 +101,9 @@ class Gateway:
             await wanted.wait()
             await asyncio.sleep(interval)
             wanted.clear()
+            t, cpu = loop.time(), time.thread_time()
+            self.hub.attach_windows(queues.max_batch, queues.max_batch_bytes)
             if self.flush_set:
-                t, cpu = loop.time(), time.thread_time()
                 dirty = list(self.flush_set)
                 self.flush_set.clear()
                 for i, s in enumerate(dirty, 1):
@@ -107,6 +112,9 @@ class Gateway:
                         # A pass over 500 sessions takes 10-20 ms: let NATS deliveries
                         # (critical events) in between.
                         await asyncio.sleep(0)
+                        # What arrived meanwhile rides with the sessions still ahead in
+                        # this pass; the ones already flushed send it in the next.
+                        self.hub.attach_windows(queues.max_batch, queues.max_batch_bytes)
                 self.metrics.flush_pass.observe((loop.time() - t) * 1000)
                 # CPU of this thread meanwhile: wall >> CPU means the process waited for
                 # a core; wall ~ CPU that the work in and between the chunks was heavy.

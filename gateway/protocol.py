@@ -76,7 +76,12 @@ def mark_snapshot(frame: bytes) -> bytes:
 
 
 def batch(frames: list[bytes]) -> bytes:
-    return b'{"type":"batch","events":[' + b",".join(frames) + b"]}"
+    return batch_of(b",".join(frames))
+
+
+def batch_of(joined: bytes) -> bytes:
+    """A batch frame around event frames already joined with commas."""
+    return b'{"type":"batch","events":[' + joined + b"]}"
 
 
 def error(code: str, message: str, id: str | None = None) -> str:

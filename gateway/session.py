@@ -27,7 +27,7 @@ from gateway import errors as E
 from gateway import history, protocol
 from gateway.auth import Principal
 from gateway.errors import RequestError
-from gateway.fanout import Member, Out
+from gateway.fanout import Chunk, Member, Out
 from gateway.permissions import Interest
 from mesh import filters, subjects
 from mesh.catalog import Priority
@@ -107,6 +107,9 @@ class Session:
         self.plain: list[deque[Out]] = [deque() for _ in Priority]
         self.keyed: list[OrderedDict[Any, tuple[Out, bool]]] = [OrderedDict() for _ in Priority]
         self.control: deque[str] = deque()
+        # Shared window chunks from the groups (gateway/fanout.py), sent as they are by
+        # the next flush when nothing is queued here, else moved into the queues.
+        self.chunks: list[Chunk] = []
         self.market_n = 0
         self.must_n = 0
         self._n = 0
@@ -139,6 +142,8 @@ class Session:
         A send that has to wait for the socket continues as a task, and the writer waits
         for it before sending anything else, so frames keep their order."""
         self._dirty = False
+        if self.chunks and self._write_chunks():
+            return
         if (self.sending_since is not None or self._inflight is not None or self.control
                 or self.close_code is not None):
             self.ready.set()
@@ -148,6 +153,51 @@ class Session:
             self._send_eager(frame)
         if (self.market_n or self.must_n) and self._inflight is None:
             self.ready.set()  # more than one batch was queued: the writer sends the rest
+
+    def _write_chunks(self) -> bool:
+        """The groups' chunks written as they are (several joined into one frame while
+        they fit a batch) when nothing else is queued or being sent; True if all went.
+        What is left goes into the queues, behind what is there, for the ordinary path
+        (conflation and the delivery bounds apply there)."""
+        chunks = self.chunks
+        if not (self.market_n or self.must_n or self.sending_since is not None
+                or self._inflight is not None or self.control or self.close_code is not None):
+            max_batch, max_bytes = self._max_batch, self._max_bytes
+            while chunks:
+                first = chunks[0]
+                k, n, size = 1, first.n, first.size
+                while (k < len(chunks) and n + chunks[k].n <= max_batch
+                       and size + chunks[k].size <= max_bytes):
+                    n += chunks[k].n
+                    size += chunks[k].size
+                    k += 1
+                frame = (first.frame if k == 1
+                         else protocol.batch_of(b",".join([c.inner for c in chunks[:k]])))
+                if not self._write_now(frame):
+                    break
+                sent, events_out = self.sent, self._metrics.events_out
+                for c in chunks[:k]:
+                    sent.update(c.last)
+                    for name, count in c.counts:
+                        events_out[name] += count
+                self._metrics.age(first.first.priority, (time.time_ns() - first.first.ts) / 1e6)
+                del chunks[:k]
+            if not chunks:
+                return True
+        for c in chunks:
+            for out in c.outs:
+                self._put(out)
+        chunks.clear()
+        return False
+
+    def take(self, chunks: list[Chunk]) -> None:
+        """A group's window, for the flush pass under way (called by `Group.attach`)."""
+        if self.close_code is not None:
+            return
+        self.chunks += chunks
+        if not self._dirty and self._flush is not None:
+            self._dirty = True
+            self._flush.add(self)
 
     def _write_now(self, frame: bytes) -> bool:
         """The frame written at once if the transport takes it without waiting: no
@@ -189,8 +239,26 @@ class Session:
     # -- queueing (called by groups, synchronously) ---------------------------------------
 
     def enqueue(self, out: Out) -> None:
-        if self.close_code is not None:
+        if not self._put(out):
             return
+        if out.rank == 0 or self._flush is None:
+            # Critical goes out at once, sent from here when the socket is idle: a
+            # critical event reaches every session, and waking 1,000 writer tasks for it
+            # cost more than sending in this loop.
+            self.flush()
+        elif not self._dirty:
+            # Everything else is coalesced: the gateway's flush tick sends it, so a busy
+            # session sends one batch frame per tick instead of a frame per event.
+            self._dirty = True
+            if not self._flush:
+                self.gw.flush_wanted.set()  # the first in a window: the flusher starts it
+            self._flush.add(self)
+
+    def _put(self, out: Out) -> bool:
+        """The event in its lane (conflated when the session is behind); False if the
+        session is closing, or was just closed for exceeding its bounds."""
+        if self.close_code is not None:
+            return False
         rank = out.rank
         keyed = self.keyed[rank]
         if out.must or self.market_n < self._conflate_after:
@@ -198,7 +266,7 @@ class Session:
                 if self.must_n >= self._max_must:
                     self.fail(E.SLOW_CONSUMER, "slow consumer: critical/order events queued "
                               "beyond bounds; reconnect and resume from your last sequences")
-                    return
+                    return False
                 self.must_n += 1
             else:
                 self.market_n += 1
@@ -217,18 +285,7 @@ class Session:
                 self.market_n += 1
                 if self.market_n > self._max_market:
                     self._drop_oldest_market(rank)
-        if rank == 0 or self._flush is None:
-            # Critical goes out at once, sent from here when the socket is idle: a
-            # critical event reaches every session, and waking 1,000 writer tasks for it
-            # cost more than sending in this loop.
-            self.flush()
-        elif not self._dirty:
-            # Everything else is coalesced: the gateway's flush tick sends it, so a busy
-            # session sends one batch frame per tick instead of a frame per event.
-            self._dirty = True
-            if not self._flush:
-                self.gw.flush_wanted.set()  # the first in a window: the flusher starts it
-            self._flush.add(self)
+        return True
 
     def _drop_oldest_market(self, rank: int) -> None:
         plain = self.plain[rank]
@@ -576,6 +633,7 @@ class Session:
             for st in list(self.subs.values()):
                 with contextlib.suppress(Exception):
                     await self._drop(st)
+            self.chunks.clear()
             for q in self.plain:
                 q.clear()
             for k in self.keyed:
