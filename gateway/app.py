@@ -50,6 +50,7 @@ class Gateway:
         self.metrics.instance = settings.instance
         self.metrics.gc = WATCH.install()
         self.hub.arrived = self.metrics.arrived
+        self.hub.ages = self.metrics.latency_of
         self.freezer = BurstFreezer(WATCH)
         self.metrics.queue_depth = self._queue_depth
         lim = settings.limits

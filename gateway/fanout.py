@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from gateway import protocol
+from gateway.metrics import Histogram
 from mesh.catalog import Catalog, Priority
 from mesh.client import Mesh
 from mesh.events import Event
@@ -72,9 +73,10 @@ class Chunk:
     """Events of one group's window as one frame, built once for every member that gets
     it: the frame, and what a session records when it has sent it."""
 
-    __slots__ = ("counts", "first", "frame", "inner", "last", "lowest", "n", "outs", "size")
+    __slots__ = ("age", "counts", "first", "frame", "inner", "last", "lowest", "n", "outs",
+                 "size")
 
-    def __init__(self, outs: list[Out]) -> None:
+    def __init__(self, outs: list[Out], ages: Callable[[str], Histogram]) -> None:
         self.outs = outs
         frames = [o.frame for o in outs]
         self.n = len(outs)
@@ -82,6 +84,7 @@ class Chunk:
         self.inner = b",".join(frames)  # for a frame that joins several groups' chunks
         self.frame = frames[0] if self.n == 1 else protocol.batch_of(self.inner)
         self.first = outs[0]  # the oldest: the frame's age is its age
+        self.age = ages(self.first.priority)  # where a session records that age
         last: dict[tuple[str, str], int] = {}
         lowest: dict[str, int] = {}
         counts: dict[str, int] = {}
@@ -94,16 +97,17 @@ class Chunk:
         self.counts = tuple(counts.items())
 
 
-def chunks_of(outs: list[Out], max_events: int, max_bytes: int) -> list[Chunk]:
+def chunks_of(outs: list[Out], max_events: int, max_bytes: int,
+              ages: Callable[[str], Histogram]) -> list[Chunk]:
     """The window as chunks of at most `max_events` events and about `max_bytes` bytes."""
     out: list[Chunk] = []
     start, size = 0, 0
     for i, o in enumerate(outs):
         if i > start and (i - start >= max_events or size + len(o.frame) > max_bytes):
-            out.append(Chunk(outs[start:i]))
+            out.append(Chunk(outs[start:i], ages))
             start, size = i, 0
         size += len(o.frame)
-    out.append(Chunk(outs[start:]))
+    out.append(Chunk(outs[start:], ages))
     return out
 
 
@@ -209,13 +213,16 @@ class Group:
         filter stop being special: from the next window on they get chunks."""
         outs, self.window = self.window, []
         if outs:
-            chunks = chunks_of(outs, max_events, max_bytes)
+            chunks = chunks_of(outs, max_events, max_bytes, self.hub.ages)
+            streams = {o.stream for o in outs}
             special = self.special
             for key, m in self.members.items():
                 if key in special:
                     continue
                 try:
-                    if m.floor and not _above_floor(m.floor, chunks):
+                    # (A floor on streams with no event here does not matter: C-level test.)
+                    if (m.floor and not m.floor.keys().isdisjoint(streams)
+                            and not _above_floor(m.floor, chunks)):
                         for o in outs:  # some were (re)played already: one by one
                             if o.seq > m.floor.get(o.stream, 0):
                                 m.session.enqueue(o)
@@ -259,6 +266,8 @@ class Hub:
         self.groups: dict[str, Group] = {}
         # (priority, ms since publish) per event taken from NATS; the gateway's metrics.
         self.arrived: Callable[[str, float], None] = lambda p, ms: None
+        # priority -> the histogram of event age at send (the gateway's metrics).
+        self.ages: Callable[[str], Histogram] = lambda p: Histogram()
         # Groups with a window open (non-critical events since the last flush pass), when
         # the gateway coalesces (flush_ms > 0); None: every event goes out on its own.
         self.windows: set[Group] | None = None

@@ -51,10 +51,15 @@ class Metrics:
         self.gc: GcWatch | None = None
 
     def age(self, priority: str, ms: float) -> None:
+        self.latency_of(priority).observe(ms)
+
+    def latency_of(self, priority: str) -> Histogram:
+        """The age-at-send histogram of a priority (a chunk keeps it: one lookup per
+        chunk, not per frame)."""
         h = self.latency.get(priority)
         if h is None:
             h = self.latency[priority] = Histogram()
-        h.observe(ms)
+        return h
 
     def arrived(self, priority: str, ms: float) -> None:
         h = self.arrival.get(priority)

@@ -141,7 +141,10 @@ class Session:
         writer task (a task switch per session per tick was ~1/4 of the per-frame cost).
         A send that has to wait for the socket continues as a task, and the writer waits
         for it before sending anything else, so frames keep their order."""
-        self._dirty = False
+        if self._dirty:  # flushed now: not again in the next pass (if it was put there)
+            self._dirty = False
+            if self._flush is not None:
+                self._flush.discard(self)
         if self.chunks and self._write_chunks():
             return
         if (self.sending_since is not None or self._inflight is not None or self.control
@@ -180,7 +183,7 @@ class Session:
                     sent.update(c.last)
                     for name, count in c.counts:
                         events_out[name] += count
-                self._metrics.age(first.first.priority, (time.time_ns() - first.first.ts) / 1e6)
+                first.age.observe((time.time_ns() - first.first.ts) / 1e6)
                 del chunks[:k]
             if not chunks:
                 return True
