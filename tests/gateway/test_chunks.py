@@ -218,13 +218,31 @@ async def test_a_window_larger_than_a_batch_goes_out_in_several_frames(
 async def test_critical_events_go_out_at_once_not_in_the_window(
     rig: Rig, mesh: Mesh, tag: str
 ) -> None:
+    a, b = rig.session("a"), rig.session("b")
+    await rig.join(a)
+    await rig.join(b)
+    await rig.settle(mesh, tag, a, b)
+    prices = await publish(mesh, tag, 2)
+    await rig.taken_from_nats(2)
+    critical = await publish(mesh, tag, 1, event_type="MARGIN_CALL")
+    await rig.taken_from_nats(1)
+    assert seqs(a.ws.frames) == critical  # before the window's flush
+    assert a.ws.frames[0] is b.ws.frames[0]  # one frame for all
+    rig.flush_pass()
+    assert seqs(a.ws.frames) == critical + prices
+
+
+async def test_a_critical_event_goes_ahead_of_a_chunk_held(rig: Rig, mesh: Mesh, tag: str) -> None:
     s = rig.session("u")
     await rig.join(s)
     await rig.settle(mesh, tag, s)
     prices = await publish(mesh, tag, 2)
     await rig.taken_from_nats(2)
+    q = rig.gw.settings.queues
+    rig.gw.hub.attach_windows(q.max_batch, q.max_batch_bytes)  # given, not yet flushed
     critical = await publish(mesh, tag, 1, event_type="MARGIN_CALL")
     await rig.taken_from_nats(1)
-    assert seqs(s.ws.frames) == critical  # before the window's flush
-    rig.flush_pass()
+    assert [json.loads(f)["type"] for f in s.ws.frames] == ["batch"]  # one frame, now
     assert seqs(s.ws.frames) == critical + prices
+    rig.flush_pass()
+    assert len(s.ws.frames) == 1  # nothing left for the pass
