@@ -74,8 +74,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     # batch frame per session per window); critical events are sent at once. 0: every
     # event is sent as it comes. Each frame costs the gateway and the client a syscall,
     # so the window trades frames for latency: 15 ms gave a lower high-priority p99 than
-    # 20 at 1,000 clients for ~15% more frames (docs/gateway.md, 2026-11-27).
-    flush_ms: float = 15.0
+    # 20 at 1,000 clients for ~15% more frames (docs/gateway.md, 2026-11-27); once the
+    # frames were shared (window chunks), 10 ms gave a lower one than 15 for ~12% more
+    # frames, and 7 ms no lower than 10 for ~10% more gateway CPU (2026-11-28).
+    flush_ms: float = 10.0
     idle_timeout_s: float = 30.0  # no inbound frame for this long: peer considered dead
     drain_timeout_s: float = 5.0
     # ASGI server: "uvicorn" (default: 15 us of CPU per WebSocket frame sent, measured)
