@@ -15,7 +15,7 @@ Two ways an event reaches a member's session:
   frame as it is; one that is behind puts the chunk's events in its queues, where the
   conflation and delivery bounds apply. At 1,000 clients queueing each event per session
   and building each session's frame was ~40 % of a gateway process's CPU (py-spy,
-  docs/gateway.md, "2026-11-28, 11:00").
+  docs/gateway.md, "2026-11-28, 10:20: shared window chunks"; decisions §23).
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ Must-deliver events (critical, orders, portfolio, notifications) are never dropp
 more than `max_must` wait, or the socket accepts nothing for `deliver_within_s` while
 they wait, the session is closed with 4008 and the client resumes from its last
 sequences.
+
+Most non-critical events do not come one by one: a group hands the session its window as
+shared chunks (gateway/fanout.py), written as they are when nothing is queued here, and
+put into the queues above otherwise.
 """
 
 from __future__ import annotations
