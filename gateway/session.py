@@ -151,8 +151,7 @@ class Session:
                 self._flush.discard(self)
         if self.chunks and self._write_chunks():
             return
-        if (self.sending_since is not None or self._inflight is not None or self.control
-                or self.close_code is not None):
+        if not self._writable_now():
             self.ready.set()
             return
         frame = self._take_batch()
@@ -161,15 +160,21 @@ class Session:
         if (self.market_n or self.must_n) and self._inflight is None:
             self.ready.set()  # more than one batch was queued: the writer sends the rest
 
+    def _writable_now(self) -> bool:
+        """No send in progress, no control frame ahead, not closing: a frame may be
+        written from the caller's stack."""
+        return (self.sending_since is None and self._inflight is None and not self.control
+                and self.close_code is None)
+
     def _write_chunks(self) -> bool:
         """The groups' chunks written as they are (several joined into one frame while
         they fit a batch) when nothing else is queued or being sent; True if all went.
         What is left goes into the queues, behind what is there, for the ordinary path
         (conflation and the delivery bounds apply there)."""
         chunks = self.chunks
-        if not (self.market_n or self.must_n or self.sending_since is not None
-                or self._inflight is not None or self.control or self.close_code is not None):
+        if not (self.market_n or self.must_n) and self._writable_now():
             max_batch, max_bytes = self._max_batch, self._max_bytes
+            sent, events_out = self.sent, self._metrics.events_out
             while chunks:
                 first = chunks[0]
                 k, n, size = 1, first.n, first.size
@@ -182,7 +187,6 @@ class Session:
                          else protocol.batch_of(b",".join([c.inner for c in chunks[:k]])))
                 if not self._write_now(frame):
                     break
-                sent, events_out = self.sent, self._metrics.events_out
                 for c in chunks[:k]:
                     sent.update(c.last)
                     for name, count in c.counts:
