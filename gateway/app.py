@@ -65,7 +65,8 @@ class Gateway:
         self.flush_set: set[Session] = set()
         self.flush_wanted = asyncio.Event()
         if settings.flush_ms > 0:
-            self.hub.coalesce(self.flush_wanted)
+            q = settings.queues
+            self.hub.coalesce(self.flush_wanted, q.max_batch, q.max_batch_bytes)
         self._flusher: asyncio.Task[None] | None = None
 
     def _queue_depth(self) -> dict[str, int]:
@@ -92,7 +93,6 @@ class Gateway:
         per-event cost, limits a WebSocket server, so events that arrive within one window
         share a frame."""
         interval = self.settings.flush_ms / 1000
-        queues = self.settings.queues
         loop = asyncio.get_running_loop()
         wanted = self.flush_wanted
         while True:
@@ -103,7 +103,7 @@ class Gateway:
             await asyncio.sleep(interval)
             wanted.clear()
             t, cpu = loop.time(), time.thread_time()
-            self.hub.attach_windows(queues.max_batch, queues.max_batch_bytes)
+            self.hub.attach_windows()
             if self.flush_set:
                 dirty = list(self.flush_set)
                 self.flush_set.clear()
@@ -115,7 +115,7 @@ class Gateway:
                         await asyncio.sleep(0)
                         # What arrived meanwhile rides with the sessions still ahead in
                         # this pass; the ones already flushed send it in the next.
-                        self.hub.attach_windows(queues.max_batch, queues.max_batch_bytes)
+                        self.hub.attach_windows()
                 self.metrics.flush_pass.observe((loop.time() - t) * 1000)
                 # CPU of this thread meanwhile: wall >> CPU means the process waited for
                 # a core; wall ~ CPU that the work in and between the chunks was heavy.

@@ -207,13 +207,14 @@ class Group:
                 except Exception:  # one session's trouble must not stop the others
                     log.exception("offer to %s failed", m.sub_id)
 
-    def attach(self, max_events: int, max_bytes: int) -> None:
+    def attach(self) -> None:
         """The window so far as chunks, given to every member that is not special (its
         session flushes them in this pass). Then special members that are live with no
         filter stop being special: from the next window on they get chunks."""
         outs, self.window = self.window, []
         if outs:
-            chunks = chunks_of(outs, max_events, max_bytes, self.hub.ages)
+            hub = self.hub
+            chunks = chunks_of(outs, hub.chunk_events, hub.chunk_bytes, hub.ages)
             streams = {o.stream for o in outs}
             special = self.special
             for key, m in self.members.items():
@@ -272,26 +273,29 @@ class Hub:
         # the gateway coalesces (flush_ms > 0); None: every event goes out on its own.
         self.windows: set[Group] | None = None
         self.window_opened = asyncio.Event()
+        self.chunk_events, self.chunk_bytes = 0, 0  # a chunk's limits (one frame's)
         self._lock = asyncio.Lock()
 
-    def coalesce(self, window_opened: asyncio.Event) -> None:
+    def coalesce(self, window_opened: asyncio.Event, max_events: int, max_bytes: int) -> None:
         """Non-critical events wait in their group's window for the gateway's flush pass,
-        which `window_opened` starts. Called before any group starts."""
+        which `window_opened` starts; a window makes chunks of at most `max_events` events
+        and about `max_bytes` bytes. Called before any group starts."""
         self.windows = set()
         self.window_opened = window_opened
+        self.chunk_events, self.chunk_bytes = max_events, max_bytes
 
     def open_window(self, group: Group) -> None:
         assert self.windows is not None
         self.windows.add(group)
         self.window_opened.set()
 
-    def attach_windows(self, max_events: int, max_bytes: int) -> None:
+    def attach_windows(self) -> None:
         """Every open window to its members' sessions (the flush pass's first step)."""
         if self.windows:
             groups = list(self.windows)
             self.windows.clear()
             for g in groups:
-                g.attach(max_events, max_bytes)
+                g.attach()
 
     async def join(self, pattern: str, member: Member) -> Group:
         g = self.groups.get(pattern)

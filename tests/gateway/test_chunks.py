@@ -86,8 +86,7 @@ class Rig:
 
     def flush_pass(self) -> None:
         """What the gateway's flush loop does when a window is due."""
-        q = self.gw.settings.queues
-        self.gw.hub.attach_windows(q.max_batch, q.max_batch_bytes)
+        self.gw.hub.attach_windows()
         dirty = list(self.gw.flush_set)
         self.gw.flush_set.clear()
         for s in dirty:
@@ -238,8 +237,7 @@ async def test_a_critical_event_goes_ahead_of_a_chunk_held(rig: Rig, mesh: Mesh,
     await rig.settle(mesh, tag, s)
     prices = await publish(mesh, tag, 2)
     await rig.taken_from_nats(2)
-    q = rig.gw.settings.queues
-    rig.gw.hub.attach_windows(q.max_batch, q.max_batch_bytes)  # given, not yet flushed
+    rig.gw.hub.attach_windows()  # given, not yet flushed
     critical = await publish(mesh, tag, 1, event_type="MARGIN_CALL")
     await rig.taken_from_nats(1)
     assert [json.loads(f)["type"] for f in s.ws.frames] == ["batch"]  # one frame, now
