@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.subscriber")
 NS = 1_000_000_000
 _FLOW_CONTROL = b"NATS/1.0 100 FlowControl"
+_STALLED = b"\r\nNats-Consumer-Stalled:"
 # Replies to a delivery as written to the wire, % its reply subject.
 ACK_FRAME = b"PUB %s 4\r\n+ACK\r\n"
 TERM_FRAME = b"PUB %s 5\r\n+TERM\r\n"
@@ -46,9 +47,21 @@ TERM_FRAME = b"PUB %s 5\r\n+TERM\r\n"
 
 def answer_control(nc: Client, reply: bytes, headers: bytes | None) -> Awaitable[None] | None:
     """For a delivery without data, which is JetStream talking to the consumer: answer a
-    flow-control request (or the server stops sending), ignore an idle heartbeat."""
-    if headers is not None and headers.startswith(_FLOW_CONTROL) and reply:
+    flow-control request (or the server stops sending). An idle heartbeat is ignored,
+    unless it names a flow-control request the server still waits for
+    (`Nats-Consumer-Stalled`): that request was lost, e.g. with a dropped connection, and
+    the consumer would stay stalled for good if it were not answered now."""
+    if headers is None:
+        return None
+    if headers.startswith(_FLOW_CONTROL) and reply:
         return wire.send(nc, b"PUB %s 0\r\n\r\n" % reply)
+    at = headers.find(_STALLED)
+    if at >= 0:
+        start = at + len(_STALLED)
+        end = headers.find(b"\r\n", start)
+        fc_reply = headers[start : end if end >= 0 else len(headers)].strip()
+        if fc_reply:
+            return wire.send(nc, b"PUB %s 0\r\n\r\n" % fc_reply)
     return None
 
 

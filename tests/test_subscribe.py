@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from mesh import jsapi
+from mesh import jsapi, subscriber
 from mesh.catalog import Priority
 from mesh.client import Mesh
 from mesh.errors import MeshError
@@ -183,3 +185,37 @@ def test_ack_subject_forms_give_sequence_count_and_store_time() -> None:
     for reply in (short, long):
         assert ack_info(reply) == (41, 2)
         assert stored_ns(reply) == 1764268800123456789
+
+
+@pytest.mark.slow
+async def test_a_lost_flow_control_request_is_answered_from_the_idle_heartbeat(
+    mesh: Mesh, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push consumer sends nothing more until its flow-control request is answered. If
+    the request is lost (with a dropped connection), the server names it in its idle
+    heartbeats (`Nats-Consumer-Stalled`); the subscriber answers it there and every event
+    still arrives. Without that answer the consumer stays stalled for good."""
+    real = subscriber.answer_control
+    lost: list[bytes] = []
+
+    def losing_the_first_request(nc: Any, reply: bytes, headers: bytes | None) -> Any:
+        if not lost and headers is not None and headers.startswith(b"NATS/1.0 100 FlowControl"):
+            lost.append(reply)
+            return None
+        return real(nc, reply, headers)
+
+    monkeypatch.setattr(subscriber, "answer_control", losing_the_first_request)
+    pad = "x" * 400
+    events = [
+        Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i, "pad": pad})
+        for i in range(20_000)
+    ]
+    await mesh.publish_many(events)
+    async with mesh.subscribe(f"tm.*.*.*.{tag}.>", ack="none", start=Start.all()) as sub:
+        got: list[str] = []
+        while len(got) < len(events):
+            # idle heartbeats come every 5 s: the stall lasts up to that long
+            d = await asyncio.wait_for(sub.next(), 20)
+            got.append(d.event.event_id)
+    assert lost, "no flow-control request came: the test did not exercise a stall"
+    assert got == [e.event_id for e in events]
