@@ -15,8 +15,10 @@ This class is what makes that true:
   took; a message whose newest delivery is that old waits for its next redelivery.
 * Deliveries the bridge never saw are the danger: a previous process's unacked ones
   (redelivered after `ack_wait`) and ones lost with a dropped connection (a gap in the
-  delivery sequence, or a reconnect). The floor then holds every ack until all of them
-  have been redelivered: `ack_wait` after the cause, plus a margin.
+  delivery sequence, or a reconnect). The floor then holds every ack until the server
+  itself says every message it has pending is known here: its `num_ack_pending` at one
+  moment after the cause, against the messages known here that were delivered by then
+  (`checked`). No clock: a redelivery that comes late (a loaded machine) keeps the hold.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from __future__ import annotations
 import bisect
 import collections
 import enum
-import time
-from collections.abc import Callable
 
 from bridge_kafka.feed import Passed
 
@@ -36,13 +36,6 @@ class Seen(enum.Enum):
     DONE = "done"  # a redelivery of work done but not acked yet
 
 
-def hold_seconds(ack_wait: float) -> float:
-    """How long after an unseen delivery became possible every such delivery has been
-    redelivered: the server redelivers `ack_wait` after delivering; the margin covers
-    its redelivery timer and a busy loop."""
-    return ack_wait * 1.5 + 1.0
-
-
 # The hot path returns these without an attribute lookup on the enum class.
 NEW, IN_FLIGHT, DONE = Seen.NEW, Seen.IN_FLIGHT, Seen.DONE
 
@@ -51,21 +44,22 @@ class AckFloor:
     """The known, not yet acked deliveries of one consumer. Kept lean: every bridged
     event passes `seen` and `done` once, and the ack walk once."""
 
-    def __init__(self, hold_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._hold_s = hold_s
-        self._clock = clock
+    def __init__(self) -> None:
         self._order: collections.deque[int] = collections.deque()  # stream seqs, ascending
         self._newest: dict[int, Passed] = {}  # stream seq -> its newest delivery
         self._done: set[int] = set()
         self._acked_seq = 0  # the stream sequence of the last ack sent
         self._acked_dseq = 0  # ...and its delivery sequence
         self._last_dseq = 0  # the highest delivery sequence seen
-        self._hold_until = 0.0
+        self.held = False  # deliveries may exist that this floor never saw: no acks
+        self.cause = 0  # counts the reasons to hold, so a check answers the newest
         self.holds = 0
 
     def hold(self) -> None:
-        """Acks wait: deliveries may exist that this floor never saw."""
-        self._hold_until = max(self._hold_until, self._clock() + self._hold_s)
+        """Acks wait: deliveries may exist that this floor never saw. Only `checked`
+        lifts it, on the server's word."""
+        self.held = True
+        self.cause += 1
         self.holds += 1
 
     def reconnected(self) -> None:
@@ -75,6 +69,29 @@ class AckFloor:
         self.hold()
         self._last_dseq = 0
         self._acked_dseq = 0
+
+    def checked(
+        self, cause: int, pending: int, delivered_dseq: int, delivered_seq: int
+    ) -> bool | None:
+        """The consumer's state on the server at one moment after hold `cause`: `pending`
+        messages delivered and not acked, the last delivery `delivered_dseq`, of stream
+        sequence `delivered_seq`. No ack has been sent since the hold, so every message
+        pending then is still pending or known here; once every delivery up to that
+        moment has arrived, the known ones at or below `delivered_seq` are exactly the
+        pending ones this floor saw. True: as many as the server counts, so none is
+        unseen and the hold ends. False: some are unseen yet (their redelivery comes
+        after `ack_wait`), or a newer cause came: ask again later. None: deliveries up
+        to that moment are still arriving; call again."""
+        if cause != self.cause or not self.held:
+            return not self.held
+        if pending > 0:
+            if self._last_dseq < delivered_dseq:
+                return None
+            known = sum(1 for seq in self._order if seq <= delivered_seq)
+            if known < pending:
+                return False
+        self.held = False
+        return True
 
     def seen(self, d: Passed) -> Seen:
         """A delivery arrived: remember it (the newest delivery of a message wins)."""
@@ -107,7 +124,7 @@ class AckFloor:
 
     def ack_target(self) -> Passed | None:
         """The delivery to ack (AckAll) now, if any; forgets everything it covers."""
-        if not self._done or self._clock() < self._hold_until:
+        if not self._done or self.held:
             return None
         order, newest, done = self._order, self._newest, self._done
         acked_dseq = self._acked_dseq

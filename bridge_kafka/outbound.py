@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from bridge_kafka import mapping
-from bridge_kafka.ackfloor import NEW, AckFloor, hold_seconds
+from bridge_kafka.ackfloor import NEW, AckFloor
 from bridge_kafka.config import BridgeConfig, OutboundRule
 from bridge_kafka.feed import Passed, PassThrough
 from bridge_kafka.kafka_io import ProducerThread, Report, Sink
@@ -63,8 +63,9 @@ class Outbound:
         self._tasks: list[asyncio.Task[None]] = []
         # One per consumer (rule, stream): JetStream acks are per consumer.
         self._floors: list[AckFloor] = []
+        self._consumer_of: dict[AckFloor, tuple[str, str]] = {}  # floor -> (stream, name)
+        self._checking: set[AckFloor] = set()  # floors whose hold a task is checking
         self._reconnects = mesh.nc.stats["reconnects"]
-        self._hold_s = hold_seconds(cfg.ack_wait)
 
     async def start(self) -> None:
         await ensure_dlq_stream(self.mesh, self.cfg.dlq_subject)
@@ -84,9 +85,10 @@ class Outbound:
             await sub.start()
             self._subs.append(sub)
             floors: dict[str, AckFloor] = {}
-            for stream, _name in sub.consumers:
-                floor = floors[stream] = AckFloor(self._hold_s)
+            for stream, name in sub.consumers:
+                floor = floors[stream] = AckFloor()
                 self._floors.append(floor)
+                self._consumer_of[floor] = (stream, name)
                 if sub.unacked_at_start.get(stream):
                     floor.hold()  # a previous process's deliveries come back after ack_wait
             task = asyncio.create_task(self._run(sub, rule, floors), name="bridge-out")
@@ -198,10 +200,47 @@ class Outbound:
             self._reconnects = nc.stats["reconnects"]
             for floor in self._floors:
                 floor.reconnected()
-            return
+        for floor in self._floors:
+            if floor.held and floor not in self._checking:
+                self._checking.add(floor)
+                task = asyncio.create_task(self._check_hold(floor), name="bridge-out-hold")
+                self._tasks = [t for t in self._tasks if not t.done()]
+                self._tasks.append(task)
         acks = [t for f in self._floors if (t := f.ack_target()) is not None]
         if acks:
             await ack_many(acks)
+
+    async def _check_hold(self, floor: AckFloor) -> None:
+        """Asks the server, until it agrees, whether every message it has pending for the
+        floor's consumer is known there (`AckFloor.checked`); then the held acks go."""
+        stream, name = self._consumer_of[floor]
+        subject = f"$JS.API.CONSUMER.INFO.{stream}.{name}"
+        try:
+            while floor.held:
+                cause = floor.cause
+                try:
+                    info = await jsapi.call(self.mesh.nc, subject, timeout=2.0)
+                except Exception as e:  # NATS away: the hold stays, ask again
+                    log.debug("hold check %s: %r", name, e)
+                    await asyncio.sleep(0.5)
+                    continue
+                delivered = info.get("delivered", {})
+                args = (
+                    cause,
+                    int(info.get("num_ack_pending", 0)),
+                    int(delivered.get("consumer_seq", 0)),
+                    int(delivered.get("stream_seq", 0)),
+                )
+                # Deliveries up to that moment are still arriving: `_run` takes them; a
+                # poll, because this is rare (after a reconnect, a gap or a restart).
+                while (agreed := floor.checked(*args)) is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                if not agreed:
+                    # Unseen ones are still pending: their redelivery comes after ack_wait.
+                    await asyncio.sleep(min(0.25, self.cfg.ack_wait / 4))
+        finally:
+            self._checking.discard(floor)
+        await self.flush_acks()
 
     async def _dead_letter(self, floor: AckFloor, d: Passed, reason: str, detail: str) -> None:
         subject = f"{self.cfg.dlq_subject}.{self.cfg.name}"

@@ -19,14 +19,6 @@ from mesh.server import NatsServer, free_port
 from tests.helpers import eventually, settled
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def delivery(seq: int, dseq: int) -> Passed:
     reply = f"$JS.ACK.TM_STANDARD.c.1.{seq}.{dseq}.1700000000000000000.0".encode()
     return Passed(None, b"tm.x", reply, None, b"{}", _NO_FIELDS, "TM_STANDARD")
@@ -38,7 +30,7 @@ def acked(floor: AckFloor) -> tuple[int, int] | None:
 
 
 def test_the_ack_covers_the_done_prefix_and_stops_at_the_first_not_done() -> None:
-    floor = AckFloor(hold_s=16)
+    floor = AckFloor()
     for seq, dseq in ((10, 1), (11, 2), (12, 3), (14, 4)):
         assert floor.seen(delivery(seq, dseq)) is Seen.NEW
     floor.done(11)
@@ -53,7 +45,7 @@ def test_the_ack_covers_the_done_prefix_and_stops_at_the_first_not_done() -> Non
 
 
 def test_a_redelivery_is_not_new_work_and_its_newest_delivery_is_acked() -> None:
-    floor = AckFloor(hold_s=16)
+    floor = AckFloor()
     floor.seen(delivery(5, 1))
     floor.seen(delivery(6, 2))
     assert floor.seen(delivery(5, 3)) is Seen.IN_FLIGHT  # ack_wait passed, Kafka slow
@@ -68,34 +60,71 @@ def test_a_redelivery_is_not_new_work_and_its_newest_delivery_is_acked() -> None
     assert acked(floor) == (6, 4)
 
 
-def test_a_gap_in_the_delivery_sequence_holds_every_ack_for_the_hold() -> None:
-    clock = Clock()
-    floor = AckFloor(hold_s=16, clock=clock)
+def test_a_gap_in_the_delivery_sequence_holds_every_ack_until_the_server_agrees() -> None:
+    floor = AckFloor()
     floor.seen(delivery(1, 1))
-    floor.seen(delivery(3, 3))  # delivery 2 was lost with a connection
+    floor.seen(delivery(3, 3))  # delivery 2 (stream sequence 2) was lost with a connection
     floor.done(1)
     floor.done(3)
+    assert floor.held
     assert acked(floor) is None
-    clock.now += 10
-    # the lost one is redelivered (a lower stream sequence than the newest known)
-    assert floor.seen(delivery(2, 4)) is Seen.NEW
-    clock.now += 7
-    assert acked(floor) == (1, 1)  # the hold is over; 2 is in flight
+    # The server's word after the gap: 3 messages pending (1, 2, 3), last delivery 3 of
+    # stream sequence 3. Two are known here: 2 is unseen, so the hold stays.
+    assert floor.checked(floor.cause, pending=3, delivered_dseq=3, delivered_seq=3) is False
+    assert acked(floor) is None  # however long its redelivery takes: there is no clock
+    assert floor.seen(delivery(2, 4)) is Seen.NEW  # redelivered after ack_wait
+    assert floor.checked(floor.cause, pending=3, delivered_dseq=4, delivered_seq=3) is True
+    assert not floor.held
+    assert acked(floor) == (1, 1)  # 2 is in flight
     floor.done(2)
     assert acked(floor) == (3, 3)  # covers 2 as well (the server acks by stream sequence)
 
 
+def test_a_check_waits_for_the_deliveries_made_before_it() -> None:
+    """The server counted deliveries this floor has not processed yet: no answer until
+    they are in (or a later one shows they were lost)."""
+    floor = AckFloor()
+    floor.hold()
+    floor.seen(delivery(10, 1))
+    floor.done(10)
+    assert floor.checked(floor.cause, pending=2, delivered_dseq=2, delivered_seq=11) is None
+    floor.seen(delivery(11, 2))
+    assert floor.checked(floor.cause, pending=2, delivered_dseq=2, delivered_seq=11) is True
+    floor.done(11)
+    assert acked(floor) == (11, 2)
+
+
+def test_a_check_taken_before_a_newer_cause_does_not_lift_the_hold() -> None:
+    floor = AckFloor()
+    floor.hold()
+    old = floor.cause
+    floor.reconnected()  # deliveries may have been lost again after that check was asked
+    floor.seen(delivery(5, 1))
+    floor.done(5)
+    assert floor.checked(old, pending=1, delivered_dseq=1, delivered_seq=5) is False
+    assert floor.held
+    assert floor.checked(floor.cause, pending=1, delivered_dseq=1, delivered_seq=5) is True
+    assert acked(floor) == (5, 1)
+
+
+def test_nothing_pending_on_the_server_lifts_the_hold_at_once() -> None:
+    floor = AckFloor()
+    floor.hold()  # e.g. reconnected with nothing in flight
+    assert floor.checked(floor.cause, pending=0, delivered_dseq=90, delivered_seq=700) is True
+    assert not floor.held
+
+
 def test_held_acks_resume_in_stream_order_once_the_unseen_are_seen() -> None:
-    clock = Clock()
-    floor = AckFloor(hold_s=16, clock=clock)
-    floor.hold()  # a previous process left deliveries unacked
+    floor = AckFloor()
+    floor.hold()  # a previous process left deliveries unacked (stream sequence 40)
     for seq, dseq in ((50, 10), (51, 11)):
         floor.seen(delivery(seq, dseq))
         floor.done(seq)
     assert acked(floor) is None
-    clock.now += 10
+    # pending on the server: 40, 50, 51; 40 is not known here yet
+    assert floor.checked(floor.cause, pending=3, delivered_dseq=11, delivered_seq=51) is False
     floor.seen(delivery(40, 12))  # the previous process's, redelivered
-    clock.now += 7
+    assert floor.checked(floor.cause, pending=3, delivered_dseq=11, delivered_seq=51) is True
     assert acked(floor) is None  # 40 comes first and is in flight
     floor.done(40)
     # one ack at the end of the done prefix; the server acks by stream sequence, so 40
@@ -105,7 +134,7 @@ def test_held_acks_resume_in_stream_order_once_the_unseen_are_seen() -> None:
 
 
 def test_a_redelivery_of_an_acked_message_is_acked_again_not_produced() -> None:
-    floor = AckFloor(hold_s=16)
+    floor = AckFloor()
     floor.seen(delivery(7, 1))
     floor.done(7)
     assert acked(floor) == (7, 1)
