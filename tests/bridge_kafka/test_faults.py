@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from bridge_kafka import cli, mapping
+from bridge_kafka import cli, feed, mapping
 from bridge_kafka import config as bcfg
 from bridge_kafka.bridge import Bridge
 from bridge_kafka.broker import KafkaBroker, create_topics
@@ -201,36 +201,65 @@ def _unread(transport: Any) -> int:
 
 @pytest.mark.slow
 async def test_connection_dropped_mid_flow_nats_to_kafka_loses_nothing(
-    nats_server: NatsServer, kafka: KafkaBroker, topics: dict[str, str], tag: str
+    nats_server: NatsServer,
+    kafka: KafkaBroker,
+    topics: dict[str, str],
+    tag: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The bridge's NATS connection is cut while a backlog streams in (the server stays
     up): what was on the wire is lost, and JetStream redelivers it after ack_wait. The
     bridge's AckAll must not ack past those meanwhile, though later events flow and are
     confirmed: after the reconnect its acks wait (the floors hold) until they are back."""
-    # Fewer in flight than the cut loses plus what follows it, so that new deliveries
-    # (and acks) come after the reconnect while the lost ones wait for their redelivery.
     cfg = bridge_config(kafka, topics, tag, ack_wait=2.0, inbound=[], max_inflight_out=2000)
     events = [Event(event_type="PRICE_UPDATE", symbol=tag, payload={"i": i}) for i in range(30_000)]
-    async with Mesh.connect(nats_server.url, service="tests") as mesh:
-        await mesh.publish_many(events)
-        async with (
-            Mesh.connect(nats_server.url, service="bridge") as bm,
-            Bridge(cfg, bm) as bridge,
-        ):
+    async with (
+        Mesh.connect(nats_server.url, service="tests") as mesh,
+        Mesh.connect(nats_server.url, service="bridge") as bm,
+    ):
+        sock = bm.nc._transport._io_writer.transport  # type: ignore[union-attr]
+        # The bridge stops reading at its 1,000th delivery, half of max_ack_pending:
+        # the server has sent (or sends at once) up to 2,000, so the socket holds
+        # deliveries whether or not Kafka is confirming yet. A poll for "flowing"
+        # raced the flow: on a fast machine the bridge could have taken all 30,000.
+        # The events go in once the bridge has started (its consumers made), so no
+        # API reply it waits for is left unread.
+        _pause_reading_at(monkeypatch, sock, 1000)
+        async with Bridge(cfg, bm) as bridge:
+            await mesh.publish_many(events)
             m = bridge.metrics.nats_to_kafka
-            await eventually(lambda: m.received > 2000, 30, "events to flow")
-            # Stop reading, so the server's next deliveries pile up unread in the socket,
-            # then cut it from the client side, unread bytes and all (the server stays up
-            # and keeps them as delivered).
-            sock = bm.nc._transport._io_writer.transport  # type: ignore[union-attr]
-            sock.pause_reading()
+            # The server's next deliveries pile up unread in the socket; then cut it
+            # from the client side, unread bytes and all (the server stays up and
+            # keeps them as delivered).
             await eventually(lambda: _unread(sock) > 20_000, 10, "deliveries left unread")
+            received_at_cut = m.received
             sock.abort()
             want = {e.event_id for e in events}
             records = await asyncio.to_thread(read_until_ids, kafka.bootstrap, topics["out"], want)
             assert {decode(r.value()).event_id for r in records} == want
             assert (await bridge.status())["nats_to_kafka"]["ack_holds"] > 0
+            assert received_at_cut < len(events)
             assert m.received > len(events)  # redeliveries: the cut did lose deliveries
+
+
+def _pause_reading_at(monkeypatch: pytest.MonkeyPatch, transport: Any, n: int) -> None:
+    """The bridge's feed stops reading its connection when its `n`th delivery arrives."""
+    real = feed.PassThrough.handler
+    seen = [0]
+
+    def handler(self: feed.PassThrough, priority: Any, stream: str) -> Any:
+        on_msg = real(self, priority, stream)
+
+        def counting(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Any:
+            if data:
+                seen[0] += 1
+                if seen[0] == n:
+                    transport.pause_reading()
+            return on_msg(subject, reply, data, headers)
+
+        return counting
+
+    monkeypatch.setattr(feed.PassThrough, "handler", handler)
 
 
 def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
