@@ -214,12 +214,11 @@ class Outbound:
         """Asks the server, until it agrees, whether every message it has pending for the
         floor's consumer is known there (`AckFloor.checked`); then the held acks go."""
         stream, name = self._consumer_of[floor]
-        subject = f"$JS.API.CONSUMER.INFO.{stream}.{name}"
         try:
             while floor.held:
                 cause = floor.cause
                 try:
-                    info = await jsapi.call(self.mesh.nc, subject, timeout=2.0)
+                    info = await jsapi.consumer_info(self.mesh.nc, stream, name, timeout=2.0)
                 except Exception as e:  # NATS away: the hold stays, ask again
                     log.debug("hold check %s: %r", name, e)
                     await asyncio.sleep(0.5)
@@ -262,9 +261,7 @@ class Outbound:
             for stream in ("TM_CRITICAL", "TM_HIGH", "TM_STANDARD", "TM_BACKGROUND"):
                 name = f"{self.cfg.durable}-{i}-{stream.removeprefix('TM_').lower()}"
                 try:
-                    info = await jsapi.call(
-                        self.mesh.nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}", timeout=1.0
-                    )
+                    info = await jsapi.consumer_info(self.mesh.nc, stream, name, timeout=1.0)
                 except Exception:
                     continue
                 out[f"{stream}/{name}"] = int(info.get("num_pending", 0)) + int(

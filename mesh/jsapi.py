@@ -57,6 +57,11 @@ async def stream_info(nc: Client, name: str) -> dict[str, Any] | None:
         raise
 
 
+async def consumer_info(nc: Client, stream: str, name: str, timeout: float = 5.0) -> dict[str, Any]:
+    """A consumer's config and state (`num_ack_pending`, `delivered`, `ack_floor`, ...)."""
+    return await call(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}", timeout=timeout)
+
+
 async def stream_names(nc: Client) -> list[str]:
     resp = await call(nc, "$JS.API.STREAM.NAMES", {})
     return list(resp.get("streams") or [])

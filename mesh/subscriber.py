@@ -426,7 +426,7 @@ class Subscription(AsyncResource):
         deliver = f"_INBOX.tm-durable.{name}"
         config |= {"deliver_subject": deliver, "durable_name": name}
         try:
-            info = await jsapi.call(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}")
+            info = await jsapi.consumer_info(nc, stream, name)
             existing = info["config"]
             if existing.get("ack_policy", "explicit") != self.opts.ack:
                 # JetStream cannot change a consumer's ack policy, and acking with the
