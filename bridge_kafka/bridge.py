@@ -59,7 +59,7 @@ class Bridge(AsyncResource):
         self.outbound: Outbound | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._status_subs: list[Any] = []
-        self._lag_sub: Any = None
+        self._lag_subs: list[Any] = []
         self._closed = asyncio.Event()
         self._failed = asyncio.Event()  # a direction stopped for good (metrics.failure: why)
 
@@ -91,11 +91,18 @@ class Bridge(AsyncResource):
             subjects.append(status_subject(self.cfg.name, self.part))
         for subject in subjects:
             self._status_subs.append(await self.mesh.nc.subscribe(subject, cb=self._status))
-        if self.cfg.inbound:
-            # Kafka-side backlog for `mesh streams` (the NATS-side one is JetStream's own)
-            self._lag_sub = await lag.serve(
-                self.mesh.nc, f"bridge {self.cfg.name} (kafka -> nats)", self._kafka_lag
-            )
+        # Each direction this process runs answers `mesh streams` with its lag (Kafka:
+        # per partition; NATS: per durable consumer, as in the stream table) and figures.
+        for name, runs, d in (
+            ("kafka -> nats", self.cfg.inbound, self.metrics.kafka_to_nats),
+            ("nats -> kafka", self.cfg.outbound, self.metrics.nats_to_kafka),
+        ):
+            if runs:
+                self._lag_subs.append(
+                    await lag.serve(
+                        self.mesh.nc, f"bridge {self.cfg.name} ({name})", d.lag_now, d.figures
+                    )
+                )
         await self.mesh.nc.flush()  # subscribed at the server before we say "running"
         self._tasks.append(asyncio.create_task(self._ticker(), name="bridge-metrics"))
         log.info(
@@ -151,9 +158,6 @@ class Bridge(AsyncResource):
                 tmp.write_text(self.metrics.prometheus(self.cfg.name))
                 os.replace(tmp, self.metrics_file)
 
-    async def _kafka_lag(self) -> dict[str, int]:
-        return dict(self.metrics.kafka_to_nats.lag)  # from librdkafka's stats, each second
-
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
@@ -175,7 +179,7 @@ class Bridge(AsyncResource):
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for sub in (*self._status_subs, self._lag_sub):
+        for sub in (*self._status_subs, *self._lag_subs):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

@@ -34,6 +34,21 @@ class Direction:
         self.errors += 1
         self.last_error = what
 
+    async def lag_now(self) -> dict[str, int]:
+        """The lag as last refreshed (each second: librdkafka's statistics on the Kafka
+        side, the consumers' info on the NATS side), for `mesh streams`."""
+        return dict(self.lag)
+
+    def figures(self) -> dict[str, int | float]:
+        """What `mesh streams` prints beside the lag."""
+        return {
+            "per_s": round(self.rate, 1),
+            "delivered": self.delivered,
+            "errors": self.errors,
+            "dlq": self.dlq,
+            "skipped_loop": self.skipped_loop,
+        }
+
 
 # How a direction says it stopped for good: (its counters, its name, why).
 OnStop = Callable[[Direction, str, BaseException], None]

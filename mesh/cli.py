@@ -284,7 +284,7 @@ async def cmd_streams(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
     finally:
         await nc.close()
     if args.json:
-        rows += [{"reported_by": r.source, "lag": r.lag} for r in reported]
+        rows += [{"reported_by": r.source, "lag": r.lag, "figures": r.figures} for r in reported]
         print(json.dumps(rows, indent=2))
         return 0
     print(
@@ -300,7 +300,8 @@ async def cmd_streams(args: argparse.Namespace, cfg: config.MeshConfig) -> int:
             for name, pending in sorted(r["consumer_lag"].items()):
                 print(f"    consumer {name:<40} pending {pending}")
     for report in reported:  # backlogs outside JetStream (mesh/lag.py)
-        print(f"{report.source}: lag {sum(report.lag.values())}")
+        figures = "".join(f", {name} {value:g}" for name, value in report.figures.items())
+        print(f"{report.source}: lag {sum(report.lag.values())}{figures}")
         for where, behind in sorted(report.lag.items()):
             print(f"    {where:<48} {behind}")
     return 0

@@ -4,7 +4,9 @@
 JetStream's: a Kafka consumer group's lag behind its partitions, for one. A part that has
 such a backlog answers on `SUBJECT` (`serve`); `mesh streams` asks once and gathers every
 answer that arrives within a short window (`gather`), so the core needs to know nothing
-about the parts.
+about the parts. A report may carry `figures` of its own (a rate, error and dead-letter
+counts), which `mesh streams` prints beside the lag: what an operator looking at a backlog
+asks next.
 """
 
 from __future__ import annotations
@@ -23,16 +25,24 @@ SUBJECT = "tmmesh.lag"
 class LagReport(msgspec.Struct, frozen=True):
     source: str  # who reports, e.g. "bridge default (kafka -> nats)"
     lag: dict[str, int]  # where -> events behind, e.g. {"orders/3": 12}
+    # name -> value, e.g. {"per_s": 5012.0, "errors": 0, "dlq": 3}; older parts send none
+    figures: dict[str, int | float] = msgspec.field(default_factory=dict)
 
 
 _decoder = msgspec.json.Decoder(LagReport)
 
 
-async def serve(nc: Client, source: str, lag: Callable[[], Awaitable[dict[str, int]]]) -> Any:
-    """Answer lag requests with `await lag()` until the returned subscription is closed."""
+async def serve(
+    nc: Client,
+    source: str,
+    lag: Callable[[], Awaitable[dict[str, int]]],
+    figures: Callable[[], dict[str, int | float]] | None = None,
+) -> Any:
+    """Answer lag requests with `await lag()` (and `figures()`, if given) until the
+    returned subscription is closed."""
 
     async def answer(msg: Any) -> None:
-        report = LagReport(source, await lag())
+        report = LagReport(source, await lag(), figures() if figures is not None else {})
         await msg.respond(msgspec.json.encode(report))
 
     return await nc.subscribe(SUBJECT, cb=answer)

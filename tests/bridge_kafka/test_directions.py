@@ -120,7 +120,7 @@ async def test_traceparent_and_correlation_cross_both_ways(
     assert h["tm-correlation-id"] == b"corr-out"
 
 
-async def test_mesh_streams_shows_the_kafka_side_lag_per_partition(
+async def test_mesh_streams_shows_each_directions_lag_and_figures(
     bridge: Bridge,
     mesh: Mesh,
     nats_server: NatsServer,
@@ -128,6 +128,8 @@ async def test_mesh_streams_shows_the_kafka_side_lag_per_partition(
     topics: dict[str, str],
     tag: str,
 ) -> None:
+    """Kafka -> NATS: the consumer group's lag per partition; NATS -> Kafka: the durable
+    consumers' backlog; each with its rate, delivered, error and dead-letter counts."""
     # librdkafka knows a partition's lag once the group has consumed from it
     events = [Event(event_type="PRICE_UPDATE", symbol=f"{tag}{i}") for i in range(20)]
     async with mesh.subscribe("tm.*.*.*.*.>", start=Start.all(), ack="none") as sub:
@@ -137,13 +139,29 @@ async def test_mesh_streams_shows_the_kafka_side_lag_per_partition(
             ids.discard((await sub.next(30)).event.event_id)
     d = bridge.metrics.kafka_to_nats  # d.lag is replaced by each stats report
     await eventually(lambda: any(k.startswith(topics["in"]) for k in d.lag), 30, "consumer stats")
+    await eventually(lambda: d.delivered >= len(events), 10, "every event confirmed")
+    await eventually(lambda: bool(bridge.metrics.nats_to_kafka.lag), 10, "NATS-side lag")
     known = {k for k in d.lag if k.startswith(topics["in"])}
     code, out, err = await mesh_command("--url", nats_server.url, "streams", "--json")
     assert code == 0, err
-    reports = {r["reported_by"]: r["lag"] for r in json.loads(out) if "reported_by" in r}
-    mine = reports[f"bridge {bridge.cfg.name} (kafka -> nats)"]
-    assert known <= set(mine)  # every partition the bridge knew a lag for, as a number
-    assert all(v >= 0 for v in mine.values())
+    reports = {r["reported_by"]: r for r in json.loads(out) if "reported_by" in r}
+    inbound = reports[f"bridge {bridge.cfg.name} (kafka -> nats)"]
+    assert known <= set(inbound["lag"])  # every partition the bridge knew a lag for
+    assert all(v >= 0 for v in inbound["lag"].values())
+    assert inbound["figures"]["delivered"] >= len(events)
+    assert inbound["figures"]["errors"] == 0
+    assert inbound["figures"]["dlq"] == 0
+    outbound = reports[f"bridge {bridge.cfg.name} (nats -> kafka)"]
+    out_lag = bridge.metrics.nats_to_kafka.lag
+    assert set(outbound["lag"]) == set(out_lag)  # one entry per durable consumer
+    assert all(k.startswith("TM_") for k in outbound["lag"])
+    assert set(outbound["figures"]) >= {"per_s", "delivered", "errors", "dlq", "skipped_loop"}
+    # and in the table's text, below the streams
+    code, text, err = await mesh_command("--url", nats_server.url, "streams")
+    assert code == 0, err
+    line = next(x for x in text.splitlines() if x.startswith(f"bridge {bridge.cfg.name} (kafka"))
+    assert ", errors 0, dlq 0" in line
+    assert f"bridge {bridge.cfg.name} (nats -> kafka): lag " in text
 
 
 async def test_every_kafka_confirmation_acks_its_jetstream_event(
