@@ -180,9 +180,8 @@ class Bridge(AsyncResource):
         for t in self._tasks:
             t.cancel()
         for sub in (*self._status_subs, *self._lag_subs):
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         if self.inbound is not None:
             await self.inbound.close()
         if self.outbound is not None:

@@ -53,16 +53,18 @@ def answer_control(nc: Client, reply: bytes, headers: bytes | None) -> Awaitable
     the consumer would stay stalled for good if it were not answered now."""
     if headers is None:
         return None
-    if headers.startswith(_FLOW_CONTROL) and reply:
-        return wire.send(nc, b"PUB %s 0\r\n\r\n" % reply)
+    request = reply if headers.startswith(_FLOW_CONTROL) else _stalled_on(headers)
+    return wire.send(nc, b"PUB %s 0\r\n\r\n" % request) if request else None
+
+
+def _stalled_on(headers: bytes) -> bytes:
+    """The flow-control request an idle heartbeat says the server waits for, or b""."""
     at = headers.find(_STALLED)
-    if at >= 0:
-        start = at + len(_STALLED)
-        end = headers.find(b"\r\n", start)
-        fc_reply = headers[start : end if end >= 0 else len(headers)].strip()
-        if fc_reply:
-            return wire.send(nc, b"PUB %s 0\r\n\r\n" % fc_reply)
-    return None
+    if at < 0:
+        return b""
+    start = at + len(_STALLED)
+    end = headers.find(b"\r\n", start)
+    return headers[start : end if end >= 0 else len(headers)].strip()
 
 
 def term_malformed(
