@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -184,10 +185,13 @@ class Outbound:
         # With message.timeout.ms=0 only permanent errors get here (record too large for
         # the broker, topic authorization...): retrying cannot help, dead-letter it.
         self.d.error(err.str())
-        task = asyncio.ensure_future(
-            self._dead_letter(p.floor, p.delivery, "kafka refused", err.str())
-        )
-        self._tasks.append(task)
+        self._spawn(self._dead_letter(p.floor, p.delivery, "kafka refused", err.str()))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` in the background, kept (for `close` to cancel) while it runs: a
+        long-lived bridge spawns one per refused record and per ack hold."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.ensure_future(work))
 
     async def flush_acks(self) -> None:
         """One AckAll per consumer for what is done since the last call, written as one
@@ -203,9 +207,7 @@ class Outbound:
         for floor in self._floors:
             if floor.held and floor not in self._checking:
                 self._checking.add(floor)
-                task = asyncio.create_task(self._check_hold(floor), name="bridge-out-hold")
-                self._tasks = [t for t in self._tasks if not t.done()]
-                self._tasks.append(task)
+                self._spawn(self._check_hold(floor))
         acks = [t for f in self._floors if (t := f.ack_target()) is not None]
         if acks:
             await ack_many(acks)
